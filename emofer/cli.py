@@ -1,0 +1,66 @@
+"""The ``emofer`` command.
+
+Subcommands live in ``emofer/commands/``: every public module there defines
+``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and is
+picked up here, so adding a subcommand never edits this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+import emofer
+import emofer.commands
+
+
+def _subcommand_modules() -> list:
+    mods = []
+    for info in pkgutil.iter_modules(emofer.commands.__path__):
+        if not info.name.startswith("_"):
+            mods.append(importlib.import_module(f"emofer.commands.{info.name}"))
+    return sorted(mods, key=lambda m: m.NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emofer",
+        description="Facial-expression understanding with multimodal LLMs, composed from registered parts.",
+    )
+    parser.add_argument("--version", action="version", version=f"emofer {emofer.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _subcommand_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False)],
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError) as err:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``emofer`` CLI, one module each (see :mod:`emofer.cli`)."""

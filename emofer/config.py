@@ -1,0 +1,274 @@
+"""Structured experiment configs: typed schema, presets, inheritance, overrides.
+
+An experiment config has ``model``, ``data``, ``train``, ``eval``,
+``custom_imports`` and ``seed``. Component configs inside it are
+``{name: <registered id>, **kwargs}``. A preset may start from another with
+``extends: <preset>``; when a child changes a component's ``name`` the
+component is replaced, not merged, so kwargs of the old component never leak
+into the new one.
+
+Example:
+    >>> import emofer
+    >>> cfg = emofer.load_config("llava-tiny", ["train.lr=1e-4"])
+    >>> cfg.train.lr
+    0.0001
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any  # noqa: UP035 - omegaconf needs typing.Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from emofer.labels import FERID7
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded: unknown preset, misspelt key, bad value."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class PromptConfig:
+    template: str = field(default="vicuna_v1", metadata=_help("registered prompt template"))
+    system: str | None = field(default=None, metadata=_help("system prompt; None = the template's"))
+    agr: bool = field(default=False, metadata=_help("prepend the age-gender-race sentence"))
+    agr_template: str = field(
+        default="The person appears to be {gender} aged {age}, {race}.",
+        metadata=_help("format of the age-gender-race sentence"),
+    )
+    agr_source: str = field(
+        default="predicted", metadata=_help("'predicted' (the face prior) or 'ground_truth'")
+    )
+
+
+@dataclass
+class ModelConfig:
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "vit-tiny"})
+    face_prior: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    fusion: dict[str, Any] = field(default_factory=lambda: {"name": "mlp2x-gelu"})
+    llm: dict[str, Any] = field(default_factory=lambda: {"name": "causal-lm"})
+    temporal: str = field(default="concat", metadata=_help("concat | mean | attention"))
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    classes: list[str] = field(
+        default_factory=lambda: list(FERID7), metadata=_help("candidate labels, canonical names")
+    )
+    freeze: list[str] = field(
+        default_factory=lambda: ["encoder", "face_prior"],
+        metadata=_help("parts kept frozen: encoder, face_prior, fusion, llm"),
+    )
+
+
+@dataclass
+class DataConfig:
+    train: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"name": "synthfer", "split": "train"}]
+    )
+    val: list[dict[str, Any]] = field(default_factory=list)
+    test: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"name": "synthfer", "split": "test"}]
+    )
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    num_frames: int = 1
+    face_crop: bool = False
+    balanced_sampler: bool = False
+    on_bad_sample: str = field(default="error", metadata=_help("'error' or 'skip'"))
+    instruction: str = field(default="category", metadata=_help("category | conversation | mixed"))
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    max_epochs: int = -1
+    lr: float = 1e-3
+    lr_groups: dict[str, float] = field(
+        default_factory=dict, metadata=_help("per-part learning rates, e.g. {fusion: 1e-3, llm: 2e-4}")
+    )
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = field(default="cosine", metadata=_help("cosine | constant"))
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    feature_cache: bool = False
+    cache_dir: str | None = None
+    out_dir: str = "runs"
+
+
+@dataclass
+class EvalConfig:
+    mode: str = field(default="score", metadata=_help("score | generate | classifier"))
+    max_new_tokens: int = 8
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    extends: str | None = field(default=None, metadata=_help("preset this config starts from"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    custom_imports: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``emofer/configs``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = list_presets()
+    close = difflib.get_close_matches(str(name_or_path), known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ConfigError(
+        f"no preset or file named {str(name_or_path)!r}.{hint} Presets: {', '.join(known) or '(none)'}."
+    )
+
+
+def merge_raw(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merges plain dicts; a component whose ``name`` changes is replaced whole."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            renamed = "name" in value and "name" in old and value["name"] != old["name"]
+            out[key] = dict(value) if renamed else merge_raw(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_raw(name_or_path: str | os.PathLike[str], seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = _resolve_path(name_or_path)
+    if str(path) in seen:
+        raise ConfigError(f"'extends' cycle: {' -> '.join(seen + (str(path),))}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent:
+        raw = merge_raw(_load_raw(parent, seen + (str(path),)), raw)
+    return raw
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
+    node: Any = schema
+    for part in [p for p in dotted.split(".")[:-1] if p]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return []
+        node = node[part]
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def validate(raw: dict[str, Any] | DictConfig) -> DictConfig:
+    """Merges a plain config into the typed schema; misspelt keys name a suggestion."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        return OmegaConf.merge(schema, raw)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = err.full_key or str(getattr(err, "key", ""))
+        valid = _valid_keys(schema, key)
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+        prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(valid)}."
+        ) from None
+    except ValidationError as err:
+        raise ConfigError(f"invalid value for config key {err.full_key!r}: {err.msg}") from None
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] | dict[str, Any] = "emo-llama-tiny",
+    overrides: list[str] | tuple[str, ...] = (),
+) -> DictConfig:
+    """Loads a preset by name, a YAML file, or a dict, and applies dotlist overrides.
+
+    ``custom_imports`` modules are imported before this returns, so their
+    components are registered before anything is built.
+
+    Args:
+        name_or_path: preset name (see :func:`list_presets`), YAML path, or dict.
+        overrides: ``key.sub=value`` strings, applied in order.
+    """
+    if isinstance(name_or_path, (dict, DictConfig)):
+        raw = name_or_path if isinstance(name_or_path, dict) else OmegaConf.to_container(name_or_path)
+        raw = dict(raw)  # type: ignore[arg-type]
+        parent = raw.pop("extends", None)
+        if parent:
+            raw = merge_raw(_load_raw(parent), raw)
+    else:
+        raw = _load_raw(name_or_path)
+    if overrides:
+        try:
+            dot = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        except Exception as err:
+            raise ConfigError(f"malformed override in {list(overrides)}: {err}") from None
+        raw = merge_raw(raw, dot)  # type: ignore[arg-type]
+    cfg = validate(raw)
+    import_custom(cfg.custom_imports)
+    return cfg
+
+
+def import_custom(modules: list[str] | ListConfig) -> None:
+    """Imports the ``custom_imports`` modules so their components register."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"custom_imports: cannot import {module!r}: {err}") from err
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Writes ``text`` to ``path`` through a temp file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike[str]) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    atomic_write_text(path, to_yaml(cfg))

@@ -1,0 +1,17 @@
+"""Vision encoders (``ENCODERS``) and face-prior networks (``FACE_PRIORS``).
+
+Every public module in this package is imported on the first lookup of
+either registry, so built-in components register themselves there.
+"""
+
+from emofer.encoders.base import FacePrior, FacePriors, VisionEncoder
+from emofer.registry import Registry
+
+ENCODERS = Registry(
+    "encoder", "emofer.encoders", builtin_packages=("emofer.encoders",), public_name="ENCODERS"
+)
+FACE_PRIORS = Registry(
+    "face prior", "emofer.face_priors", builtin_packages=("emofer.encoders",), public_name="FACE_PRIORS"
+)
+
+__all__ = ["ENCODERS", "FACE_PRIORS", "FacePrior", "FacePriors", "VisionEncoder"]
