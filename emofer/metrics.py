@@ -47,7 +47,9 @@ class _ConfusionCounts(Metric):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.add_state(
-            "confmat", default=torch.zeros(num_classes, num_classes + 1, dtype=torch.long), dist_reduce_fx="sum"
+            "confmat",
+            default=torch.zeros(num_classes, num_classes + 1, dtype=torch.long),
+            dist_reduce_fx="sum",
         )
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:

@@ -24,7 +24,9 @@ def test_metrics_match_torchmetrics_without_invalid_answers():
     v = summarize(metrics.compute(), CLASSES)
     assert v["war"] == pytest.approx(float(MulticlassAccuracy(4, average="micro")(preds, target)), abs=1e-6)
     assert v["uar"] == pytest.approx(float(MulticlassRecall(4, average="macro")(preds, target)), abs=1e-6)
-    assert v["macro_f1"] == pytest.approx(float(MulticlassF1Score(4, average="macro")(preds, target)), abs=1e-6)
+    assert v["macro_f1"] == pytest.approx(
+        float(MulticlassF1Score(4, average="macro")(preds, target)), abs=1e-6
+    )
     per_class = MulticlassRecall(4, average="none")(preds, target).tolist()
     assert list(v["recall"].values()) == pytest.approx(per_class, abs=1e-6)
     assert v["invalid_rate"] == 0.0

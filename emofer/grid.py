@@ -1,0 +1,352 @@
+"""Ablation grids: many runs from one YAML, resumable, each in its own folder.
+
+A grid file has a ``base`` (a preset name, a config path or an inline
+config), optional ``overrides`` applied to every run, and ``grid`` (dotted
+keys to lists of values; their cartesian product) and/or ``runs`` (an
+explicit list of ``{id, preset, overrides}``). When both are given, every
+explicit run is crossed with every grid point.
+
+.. code-block:: yaml
+
+    name: agr-and-lr
+    base: emo-llama-tiny
+    overrides: {train.max_steps: 200}
+    grid:
+      model.prompt.agr: [true, false]
+      train.lr: [1.0e-3, 3.0e-4]
+    runs:
+      - {id: fim}
+      - {id: no-fim, preset: emo-llama-tiny-no-fim}
+
+Run ids join the varied values with ``+``: string values as they are (a
+component's ``name`` for a component), other values as ``key=value`` with the
+last part of the key (``fim+agr=true+lr=0.001``).
+
+Each run writes into ``OUT/runs/<id>/`` (resolved ``config.yaml``,
+``status.json``, ``metrics.json``, ``predictions.jsonl``, ``model/``,
+``checkpoints/``); the grid writes ``results.csv``, ``results.md`` and PNG
+charts into ``OUT``. Re-running a grid skips finished runs (whose config is
+unchanged), restarts interrupted ones from scratch (so the results equal an
+uninterrupted grid), and skips failed ones unless ``retry_failed`` is set.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from emofer.config import ConfigError, atomic_write_text, load_config, merge_raw, save_config, to_yaml
+
+log = logging.getLogger(__name__)
+
+DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
+
+Runner = Callable[[DictConfig, Path], Mapping[str, Any]]
+"""Runs one experiment config in a folder and returns its metrics (see :func:`emofer.experiment.run`)."""
+
+
+@dataclass
+class RunSpec:
+    """One run of a grid: an id, where its config starts, and what it changes.
+
+    Attributes:
+        id: the run's id (a folder name).
+        base: preset name, config path or inline config mapping.
+        overrides: nested overrides merged over ``base``.
+        varied: the values that distinguish this run (shown as result columns).
+    """
+
+    id: str
+    base: str | dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    varied: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> DictConfig:
+        """The run's resolved, validated experiment config."""
+        if isinstance(self.base, dict):
+            raw = merge_raw(self.base, self.overrides)
+        else:
+            raw = merge_raw({"extends": str(self.base)}, self.overrides)
+        cfg = load_config(raw)
+        cfg.name = self.id
+        return cfg
+
+
+@dataclass
+class Grid:
+    """A parsed grid file: a name and its expanded runs."""
+
+    name: str
+    runs: list[RunSpec]
+
+    @classmethod
+    def load(cls, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Grid:
+        """Reads a grid YAML file (or an already-parsed mapping) and expands it."""
+        if isinstance(path_or_mapping, Mapping):
+            return cls(str(path_or_mapping.get("name", "grid")), expand(path_or_mapping))
+        path = Path(path_or_mapping)
+        if not path.exists():
+            raise ConfigError(f"grid file {str(path)!r} does not exist")
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a grid file must be a mapping")
+        return cls(str(raw.get("name", path.stem)), expand(raw, root=path.parent))
+
+
+def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` to ``{"a": {"b": 1}}`` (nested mappings are nested further)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = str(key).split(".")
+        node: dict[str, Any] = {}
+        leaf = node
+        for part in parts[:-1]:
+            leaf[part] = {}
+            leaf = leaf[part]
+        leaf[parts[-1]] = nest(value) if isinstance(value, Mapping) else value
+        out = merge_raw(out, node)
+    return out
+
+
+def _overrides(value: Any, where: str) -> dict[str, Any]:
+    """Overrides given as a dotted mapping or a list of ``key=value`` strings, nested."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return nest(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        try:
+            return OmegaConf.to_container(OmegaConf.from_dotlist(value))  # type: ignore[return-value]
+        except Exception as err:
+            raise ConfigError(f"{where}: malformed override in {value}: {err}") from None
+    raise ConfigError(f"{where}: overrides must be a mapping of dotted keys or a list of 'key=value' strings")
+
+
+def _token(key: str, value: Any) -> str:
+    """The piece of a run id that stands for one varied value."""
+    if isinstance(value, Mapping) and "name" in value:
+        text = str(value["name"])
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = f"{key.rsplit('.', 1)[-1]}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+        text = text.replace("True", "true").replace("False", "false")
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+
+
+def _resolve_base(base: Any, root: Path | None) -> str | dict[str, Any]:
+    if isinstance(base, Mapping):
+        return dict(base)
+    if not isinstance(base, str) or not base:
+        raise ConfigError("a grid needs 'base:' (a preset name, a config path or an inline config)")
+    if root is not None and (root / base).exists():
+        return str(root / base)
+    return base
+
+
+def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
+    """The runs of a grid mapping (see the module docstring for the format).
+
+    Args:
+        raw: the parsed grid file.
+        root: folder that relative config paths in it are relative to.
+    """
+    unknown = set(raw) - {"name", "base", "overrides", "grid", "runs"}
+    if unknown:
+        raise ConfigError(f"unknown grid key(s) {sorted(unknown)}; valid: name, base, overrides, grid, runs")
+    base = _resolve_base(raw.get("base"), root)
+    common = _overrides(raw.get("overrides"), "overrides")
+    axes = raw.get("grid") or {}
+    if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
+        raise ConfigError("'grid:' maps dotted config keys to non-empty lists of values")
+    explicit = raw.get("runs") or [{}]
+    if not isinstance(explicit, list):
+        raise ConfigError("'runs:' is a list of {id, preset, overrides}")
+    runs: list[RunSpec] = []
+    for n, entry in enumerate(explicit):
+        if not isinstance(entry, Mapping) or set(entry) - {"id", "preset", "overrides"}:
+            raise ConfigError(f"runs[{n}]: expected a mapping with keys id, preset, overrides; got {entry!r}")
+        run_base = _resolve_base(entry["preset"], root) if entry.get("preset") else base
+        run_over = _overrides(entry.get("overrides"), f"runs[{n}]")
+        run_id = entry.get("id") or (entry.get("preset") if entry.get("preset") else None)
+        if run_id is None and entry.get("overrides"):
+            over = entry["overrides"]
+            pairs = over.items() if isinstance(over, Mapping) else (s.split("=", 1) for s in over)
+            run_id = "+".join(_token(k, v) for k, v in pairs)
+        for point in itertools.product(*axes.values()):
+            varied = dict(zip(axes.keys(), point, strict=True))
+            tokens = ([_token("id", str(run_id))] if run_id else []) + [
+                _token(k, v) for k, v in varied.items()
+            ]
+            rid = "+".join(tokens) or (base if isinstance(base, str) else "run")
+            rid = Path(rid).stem if rid.endswith((".yaml", ".yml")) else rid
+            overrides = merge_raw(merge_raw(common, run_over), nest(varied))
+            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied=varied))
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.id] = seen.get(run.id, 0) + 1
+    dupes = sorted(k for k, v in seen.items() if v > 1)
+    if dupes:
+        raise ConfigError(f"grid run ids are not unique: {dupes}; give the runs explicit 'id:'s")
+    return runs
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of a resolved config (what decides whether a finished run is still valid)."""
+    return hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16]
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``status.json`` (``{"status": "pending"}`` when there is none)."""
+    path = run_dir / "status.json"
+    if not path.exists():
+        return {"status": PENDING}
+    return json.loads(path.read_text())
+
+
+def _write_status(run_dir: Path, status: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "status.json", json.dumps(status, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def _grid_lock(out: Path) -> Iterator[None]:
+    """Holds ``OUT/.grid.lock`` so two grids never run in one folder at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".grid.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another grid is running in {out} (it holds {out / '.grid.lock'})") from None
+        yield
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run (a row of ``results.csv``)."""
+
+    id: str
+    status: str
+    seconds: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    varied: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    skipped: bool = False
+
+
+def run_grid(
+    grid: Grid | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    retry_failed: bool = False,
+    runner: Runner | None = None,
+    prepare: Callable[[DictConfig], DictConfig] | None = None,
+    on_run_start: Callable[[RunSpec, int, int], None] | None = None,
+) -> list[RunResult]:
+    """Runs every run of a grid that is not finished yet and writes the grid's results.
+
+    Runs execute one after the other in this process; a run whose Lightning
+    strategy uses several processes has them launched by Lightning.
+
+    Args:
+        grid: a :class:`Grid` or the path of a grid YAML file.
+        out: the grid's output folder.
+        retry_failed: rerun runs recorded as failed (otherwise they are reported and skipped).
+        runner: runs one config in a folder and returns its metrics; default
+            :func:`emofer.experiment.run`.
+        prepare: a last edit of each run's resolved config (e.g. to point at a
+            pretrained checkpoint) before it is saved and run.
+        on_run_start: called with ``(run, index, total)`` before each run that executes.
+
+    Returns:
+        One :class:`RunResult` per run, in grid order.
+    """
+    from emofer.report import write_results
+
+    if not isinstance(grid, Grid):
+        grid = Grid.load(grid)
+    if runner is None:
+        from emofer.experiment import run as runner
+    out = Path(out)
+    results: list[RunResult] = []
+    with _grid_lock(out):
+        for index, spec in enumerate(grid.runs):
+            run_dir = out / "runs" / spec.id
+            try:
+                cfg = spec.config()
+                if prepare is not None:
+                    cfg = prepare(cfg)
+            except Exception as err:  # a run with a broken config is recorded, the grid goes on
+                results.append(_failed(run_dir, spec, err, 0.0, None))
+                continue
+            result = _finished_earlier(spec, cfg, run_dir, retry_failed)
+            if result is None:
+                if on_run_start is not None:
+                    on_run_start(spec, index, len(grid.runs))
+                result = _execute(spec, cfg, run_dir, runner)
+            results.append(result)
+            write_results(results, out, charts=False)
+        write_results(results, out, charts=True)
+    return results
+
+
+def _failed(
+    run_dir: Path, spec: RunSpec, err: BaseException, seconds: float, digest: str | None
+) -> RunResult:
+    """Records a failed run (error and traceback in its ``status.json``)."""
+    log.error("run %s failed: %s", spec.id, err)
+    message = f"{type(err).__name__}: {err}"
+    status = {"status": FAILED, "error": message, "traceback": traceback.format_exc(), "seconds": seconds}
+    _write_status(run_dir, {**status, "config_hash": digest})
+    return RunResult(spec.id, FAILED, seconds=seconds, varied=spec.varied, error=message)
+
+
+def _finished_earlier(spec: RunSpec, cfg: DictConfig, run_dir: Path, retry_failed: bool) -> RunResult | None:
+    """The recorded result of a run that need not run again, or None."""
+    status = read_status(run_dir)
+    same = status.get("config_hash") == config_hash(cfg)
+    if status["status"] == DONE and same and (run_dir / "metrics.json").exists():
+        log.info("run %s: finished earlier, skipped", spec.id)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        return RunResult(spec.id, DONE, status.get("seconds"), metrics, spec.varied, skipped=True)
+    if status["status"] == FAILED and same and not retry_failed:
+        log.info("run %s: failed earlier (%s); --retry-failed reruns it", spec.id, status.get("error"))
+        return RunResult(spec.id, FAILED, status.get("seconds"), {}, spec.varied, status.get("error"), True)
+    if status["status"] == RUNNING:
+        log.warning("run %s was interrupted; restarting it from scratch", spec.id)
+    elif status["status"] != PENDING and not same:
+        log.warning("run %s: its config changed since it ran; running it again", spec.id)
+    return None
+
+
+def _execute(spec: RunSpec, cfg: DictConfig, run_dir: Path, runner: Runner) -> RunResult:
+    """Runs one run in a clean folder and records its outcome."""
+    digest = config_hash(cfg)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    _write_status(run_dir, {"status": RUNNING, "config_hash": digest, "started": time.time()})
+    start = time.perf_counter()
+    try:
+        metrics = dict(runner(cfg, run_dir))
+    except Exception as err:  # recorded with its traceback; the grid goes on
+        return _failed(run_dir, spec, err, time.perf_counter() - start, digest)
+    seconds = time.perf_counter() - start
+    if not (run_dir / "metrics.json").exists():
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    _write_status(run_dir, {"status": DONE, "config_hash": digest, "seconds": seconds})
+    return RunResult(spec.id, DONE, seconds, metrics, spec.varied)

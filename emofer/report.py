@@ -1,0 +1,172 @@
+"""A grid's results as files: ``results.csv``, ``results.md``, a UAR/WAR bar chart, confusion matrices.
+
+Every file is written atomically (to a temporary file, then renamed), so a
+killed grid never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emofer.config import atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emofer.grid import RunResult
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("run", "status", "uar", "war", "macro_f1", "invalid_rate", "num_samples", "seconds")
+"""The leading columns of ``results.csv`` (the varied values and ``error`` follow)."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temp file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """One flat dict per run: :data:`COLUMNS`, then the varied values, then ``error``."""
+    varied_keys = list(dict.fromkeys(k for r in results for k in r.varied))
+    out = []
+    for r in results:
+        row: dict[str, Any] = {"run": r.id, "status": r.status}
+        for key in COLUMNS[2:-1]:
+            value = r.metrics.get(key)
+            row[key] = round(value, 4) if isinstance(value, float) else value
+        row["seconds"] = None if r.seconds is None else round(r.seconds, 1)
+        for key in varied_keys:
+            row[key] = r.varied.get(key)
+        row["error"] = r.error
+        out.append(row)
+    return out
+
+
+def _csv(table: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if table:
+        writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in table)
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) <= 1 else f"{value:.1f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(results: Sequence[RunResult]) -> str:
+    """The results as a Markdown table (the columns of ``results.md``)."""
+    table = rows(results)
+    heads = ["run", "UAR", "WAR", "macro F1", "invalid", "seconds", "status"]
+    keys = ["run", "uar", "war", "macro_f1", "invalid_rate", "seconds", "status"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    for row in table:
+        cells = [_fmt(row[k]) for k in keys]
+        if row["error"]:
+            cells[-1] += f" ({_fmt(row['error'])[:120]})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def bar_chart(results: Sequence[RunResult], path: str | os.PathLike[str], title: str = "") -> None:
+    """A PNG bar chart of UAR and WAR per finished run."""
+    import numpy as np
+
+    done = [r for r in results if r.metrics.get("uar") is not None]
+    fig = _figure(max(4.0, 1.1 * len(done) + 1.5), 3.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(done))
+    for offset, key, label in ((-0.2, "uar", "UAR"), (0.2, "war", "WAR")):
+        values = [r.metrics[key] for r in done]
+        bars = ax.bar(x + offset, values, width=0.4, label=label)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(x, [r.id for r in done], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("score")
+    ax.set_title(title or "UAR / WAR per run")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, Path(path))
+
+
+def confusion_chart(metrics: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> None:
+    """A PNG of a run's confusion matrix, rows normalised (true class) with counts printed."""
+    import numpy as np
+
+    counts = np.asarray(metrics["confusion"], dtype=float)
+    columns = metrics["confusion_columns"]
+    if counts[:, -1].sum() == 0:  # no invalid answers: leave the empty column out
+        counts, columns = counts[:, :-1], columns[:-1]
+    share = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
+    fig = _figure(1.0 + 0.55 * len(columns), 1.0 + 0.5 * len(counts))
+    ax = fig.add_subplot()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(
+            j,
+            i,
+            int(n),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if share[i, j] > 0.5 else "black",
+        )
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(counts)), metrics["confusion_columns"][: len(counts)], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=8)
+    _save(fig, Path(path))
+
+
+def write_results(results: Sequence[RunResult], out: str | os.PathLike[str], charts: bool = True) -> None:
+    """Writes ``results.csv`` and ``results.md`` into ``out`` and, with ``charts``, the PNGs.
+
+    The charts are ``results.png`` (UAR/WAR per run) and ``runs/<id>/confusion.png``.
+    """
+    out = Path(out)
+    atomic_write_text(out / "results.csv", _csv(rows(results)))
+    atomic_write_text(out / "results.md", markdown_table(results))
+    if not charts:
+        return
+    if any(r.metrics.get("uar") is not None for r in results):
+        bar_chart(results, out / "results.png", title=f"UAR / WAR — {out.name}")
+    for r in results:
+        target = out / "runs" / r.id / "confusion.png"
+        if r.metrics.get("confusion") is not None and not target.exists():
+            confusion_chart(r.metrics, target, title=r.id)

@@ -1,0 +1,159 @@
+"""Grid mechanics: expansion, run ids, per-run folders, skipping, failures, results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from emofer.config import ConfigError
+from emofer.grid import DONE, FAILED, Grid, expand, read_status, run_grid
+
+BASE = {"name": "t", "train": {"max_steps": 3, "lr": 0.1}}
+
+
+def fake_metrics(cfg: DictConfig, run_dir: Path) -> dict:
+    """A deterministic stand-in for a training run (grid mechanics only)."""
+    if cfg.train.lr < 0:
+        raise RuntimeError("negative learning rate")
+    uar = round(min(1.0, cfg.train.lr * cfg.train.max_steps), 4)
+    return {
+        "uar": uar,
+        "war": uar / 2,
+        "macro_f1": uar / 3,
+        "invalid_rate": 0.0,
+        "num_samples": 4,
+        "confusion": [[2, 0, 0], [1, 1, 0]],
+        "confusion_columns": ["neutral", "happiness", "invalid"],
+    }
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, cfg: DictConfig, run_dir: Path) -> dict:
+        self.calls.append(cfg.name)
+        return fake_metrics(cfg, run_dir)
+
+
+def test_cartesian_grid_ids_join_varied_values():
+    runs = expand({"base": BASE, "grid": {"train.lr": [0.1, 0.2], "model.fusion": [{"name": "linear"}, "x"]}})
+    assert [r.id for r in runs] == ["lr=0.1+linear", "lr=0.1+x", "lr=0.2+linear", "lr=0.2+x"]
+    assert runs[1].varied == {"train.lr": 0.1, "model.fusion": "x"}
+    assert runs[2].overrides == {"train": {"lr": 0.2}, "model": {"fusion": {"name": "linear"}}}
+
+
+def test_explicit_runs_cross_the_grid_and_take_common_overrides():
+    raw = {
+        "base": BASE,
+        "overrides": {"train.max_steps": 5},
+        "runs": [{"id": "a"}, {"id": "b", "overrides": ["train.weight_decay=0.5"]}],
+        "grid": {"model.prompt.agr": [True, False]},
+    }
+    runs = expand(raw)
+    assert [r.id for r in runs] == ["a+agr=true", "a+agr=false", "b+agr=true", "b+agr=false"]
+    cfg = runs[3].config()
+    assert (cfg.train.max_steps, cfg.train.weight_decay, cfg.model.prompt.agr, cfg.name) == (
+        5,
+        0.5,
+        False,
+        "b+agr=false",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"base": BASE, "grdi": {}}, "unknown grid key"),
+        ({"grid": {"train.lr": [1]}}, "needs 'base:'"),
+        ({"base": BASE, "grid": {"train.lr": 0.1}}, "non-empty lists"),
+        ({"base": BASE, "runs": [{"id": "a"}, {"id": "a"}]}, "not unique"),
+        ({"base": BASE, "runs": [{"name": "a"}]}, r"runs\[0\]"),
+    ],
+)
+def test_bad_grid_files_are_errors(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        expand(raw)
+
+
+def test_grid_writes_per_run_folders_and_results(tmp_path):
+    grid = Grid.load({"name": "g", "base": BASE, "grid": {"train.lr": [0.1, 0.2]}})
+    results = run_grid(grid, tmp_path, runner=fake_metrics)
+    assert [r.status for r in results] == [DONE, DONE]
+    run_dir = tmp_path / "runs" / "lr=0.2"
+    assert (run_dir / "config.yaml").read_text().count("lr: 0.2") == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["uar"] == pytest.approx(0.6)
+    assert read_status(run_dir)["status"] == DONE
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["run"] for row in table] == ["lr=0.1", "lr=0.2"]
+    assert {"run", "uar", "war", "macro_f1", "invalid_rate", "seconds", "train.lr"} <= set(table[0])
+    assert float(table[1]["uar"]) == pytest.approx(0.6)
+    assert "| lr=0.2 | 0.6000 |" in (tmp_path / "results.md").read_text()
+    for png in (tmp_path / "results.png", run_dir / "confusion.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_rerun_skips_finished_runs_and_reruns_changed_ones(tmp_path):
+    raw = {"base": BASE, "grid": {"train.lr": [0.1, 0.2]}}
+    first = Counting()
+    run_grid(Grid.load(raw), tmp_path, runner=first)
+    assert first.calls == ["lr=0.1", "lr=0.2"]
+    again = Counting()
+    results = run_grid(Grid.load(raw), tmp_path, runner=again)
+    assert again.calls == []
+    assert all(r.skipped for r in results)
+    changed = Counting()
+    run_grid(Grid.load({**raw, "overrides": {"train.max_steps": 4}}), tmp_path, runner=changed)
+    assert changed.calls == ["lr=0.1", "lr=0.2"]
+
+
+def test_a_failed_run_is_recorded_the_grid_goes_on_and_retry_failed_reruns_it(tmp_path):
+    raw = {"base": BASE, "runs": [{"id": "bad", "overrides": {"train.lr": -1.0}}, {"id": "good"}]}
+    results = run_grid(Grid.load(raw), tmp_path, runner=fake_metrics)
+    assert [r.status for r in results] == [FAILED, DONE]
+    status = read_status(tmp_path / "runs" / "bad")
+    assert status["status"] == FAILED
+    assert "negative learning rate" in status["error"] and "Traceback" in status["traceback"]
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["status"] == FAILED and "negative learning rate" in table[0]["error"]
+
+    counting = Counting()
+    run_grid(Grid.load(raw), tmp_path, runner=counting)
+    assert counting.calls == []
+    run_grid(Grid.load(raw), tmp_path, runner=counting, retry_failed=True)
+    assert counting.calls == ["bad"]
+
+
+def test_a_broken_run_config_fails_that_run_only(tmp_path):
+    raw = {"base": BASE, "runs": [{"id": "typo", "overrides": {"train.lrr": 1}}, {"id": "ok"}]}
+    results = run_grid(Grid.load(raw), tmp_path, runner=fake_metrics)
+    assert [r.status for r in results] == [FAILED, DONE]
+    assert "train.lr" in results[0].error
+
+
+def test_an_interrupted_run_restarts_from_scratch(tmp_path):
+    raw = {"base": BASE, "runs": [{"id": "a"}]}
+    run_dir = tmp_path / "runs" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"status": "running"}))
+    (run_dir / "leftover.partial").write_text("half")
+    counting = Counting()
+    run_grid(Grid.load(raw), tmp_path, runner=counting)
+    assert counting.calls == ["a"]
+    assert not (run_dir / "leftover.partial").exists()
+    assert read_status(run_dir)["status"] == DONE
+
+
+def test_grid_file_paths_resolve_relative_to_the_grid(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: from-file\ntrain:\n  lr: 0.25\n")
+    (tmp_path / "g.yaml").write_text("base: base.yaml\ngrid:\n  train.max_steps: [1, 2]\n")
+    grid = Grid.load(tmp_path / "g.yaml")
+    assert grid.name == "g"
+    assert [r.config().train.lr for r in grid.runs] == [0.25, 0.25]
