@@ -21,8 +21,17 @@ class _Freezable(nn.Module):
         self.eval()
         return self
 
+    def train(self, mode: bool = True) -> _Freezable:
+        """Sets train mode, except that a frozen module stays in eval mode.
+
+        A parent's ``.train()`` (Lightning calls it every epoch) must not turn
+        on dropout, stochastic depth or batch-norm updates in a frozen tower.
+        """
+        return super().train(mode and not self.is_frozen)
+
     @property
     def is_frozen(self) -> bool:
+        """True when no parameter requires gradients (parameter-free modules count as frozen)."""
         return not any(p.requires_grad for p in self.parameters())
 
 
