@@ -1,0 +1,275 @@
+"""The ``causal-lm`` head: any Hugging Face causal LM (optionally with LoRA) reading spliced visual tokens."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emofer.llm import LLM_HEADS, decoding
+from emofer.llm.base import LLMHead
+from emofer.llm.loading import LoraSettings, apply_lora, load_causal_lm, load_tokenizer
+from emofer.llm.prompts import get_template
+from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, pack, pad_ids
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("auto", "all", "lora", "none")
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+@LLM_HEADS.register("causal-lm")
+class CausalLMHead(LLMHead):
+    """A Hugging Face causal LM reading visual tokens spliced at ``<image>`` (LoRA optional).
+
+    The prompt template renders each question; the visual tokens replace the
+    ``<image>`` marker as embeddings; the loss covers answer tokens only.
+    ``score`` runs the image + prompt prefix once and reuses its KV cache for
+    every candidate; ``generate`` decodes greedily.
+
+    Args:
+        path: a local directory, a hub id (found in the local cache unless
+            ``local_files_only=False``) or ``"tiny-llama"`` (a random tiny
+            LLaMA built offline, for tests and CPU presets).
+        config: config kwargs (``model_type``, default ``"llama"``, plus e.g.
+            ``LlamaConfig`` fields) for a randomly initialised model when
+            ``path`` is None; builds under ``torch.device("meta")`` too.
+        tokenizer: where the tokenizer lives; defaults to ``path``.
+        template: the prompt template (set through ``model.prompt.template``).
+        system: system prompt; None keeps the template's.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"``.
+        gradient_checkpointing: recompute activations in the backward pass.
+        lora: peft LoRA settings ``{r, alpha, dropout, target_modules}``
+            (Emotion-LLaMA: ``r=64, alpha=16`` on ``[q_proj, v_proj]``); None
+            for no adapters.
+        trainable: ``"auto"`` (the adapters with LoRA, else every weight),
+            ``"all"``, ``"lora"`` (adapters only) or ``"none"``.
+        local_files_only: never reach the network (the default).
+        trust_remote_code: run model code shipped with a checkpoint (off unless set).
+        revision: a hub revision.
+
+    Example:
+        >>> head = CausalLMHead(path="tiny-llama", lora={"r": 4, "alpha": 8})
+        >>> tokens = torch.randn(1, 3, head.hidden_size)
+        >>> head.score(tokens, ["Which expression?"], ["happiness", "fear"]).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        template: str = "vicuna_v1",
+        system: str | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
+        trainable: str = "auto",
+        local_files_only: bool = True,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+    ) -> None:
+        super().__init__()
+        if trainable not in TRAINABLE:
+            raise ValueError(f"causal-lm: trainable must be one of {TRAINABLE}, got {trainable!r}")
+        if trainable == "lora" and lora is None:
+            raise ValueError("causal-lm: trainable='lora' needs lora settings (lora: {r: ..., alpha: ...})")
+        self.template = get_template(template)
+        self.system = system
+        self.trainable = trainable
+        self.lora = LoraSettings.parse(lora) if lora is not None else None
+        model = load_causal_lm(
+            path, config, dtype, attn_implementation, local_files_only, trust_remote_code, revision
+        )
+        if gradient_checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lm = apply_lora(model, self.lora) if self.lora is not None else model
+        self.hidden_size = int(model.config.get_text_config().hidden_size)
+        self.pretrained_source = path
+        tokenizer_path = tokenizer if tokenizer is not None else path
+        self.tokenizer = (
+            None
+            if tokenizer_path is None
+            else load_tokenizer(tokenizer_path, local_files_only, trust_remote_code, revision)
+        )
+        self._answer_ids: dict[str, list[int]] = {}
+        if trainable == "none":
+            self.freeze()
+        else:
+            self.unfreeze()
+
+    # -- parts ----------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The causal LM that runs (LoRA layers, if any, injected in place)."""
+        return self.lm.get_base_model() if self.lora is not None else self.lm
+
+    @property
+    def tok(self) -> Any:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "causal-lm was built from 'config' without a tokenizer; set llm.tokenizer to a tokenizer "
+                "directory (or build from 'path') before reading labels out"
+            )
+        return self.tokenizer
+
+    def unfreeze(self) -> CausalLMHead:
+        """Makes trainable what ``trainable`` says: the adapters, every weight, or nothing."""
+        adapters_only = self.lora is not None and self.trainable in ("auto", "lora")
+        for name, p in self.named_parameters():
+            p.requires_grad_(self.trainable != "none" and (not adapters_only or "lora_" in name))
+        return self
+
+    def adapter_keys(self) -> set[str]:
+        """State-dict keys (relative to this head) of the LoRA adapters, saved by :meth:`save_adapter`."""
+        return {k for k in self.state_dict() if "lora_" in k} if self.lora is not None else set()
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """Writes the LoRA adapter with peft's ``save_pretrained`` (nothing without LoRA)."""
+        if self.lora is not None:
+            self.lm.save_pretrained(str(directory))
+
+    def load_adapter(self, directory: str | Path) -> None:
+        """Loads adapter weights written by :meth:`save_adapter` (safetensors only)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if self.lora is None:
+            raise RuntimeError("causal-lm has no LoRA adapter to load into (lora is None)")
+        result = set_peft_model_state_dict(self.lm, load_file(str(Path(directory) / ADAPTER_FILE)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapter in {directory} has unexpected keys {result.unexpected_keys[:5]}")
+
+    # -- text -----------------------------------------------------------
+    @property
+    def text_dim(self) -> int:
+        return self.hidden_size
+
+    def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM's input embeddings of ``texts`` (no special tokens) and their mask."""
+        rows = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        ids, mask = pad_ids(rows, self.tok.pad_token_id, self._device)
+        return self.model.get_input_embeddings()(ids), mask.bool()
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of one answer turn as the LLM sees it after the template's anchor."""
+        if answer not in self._answer_ids:
+            anchor = self.tok(self.template.anchor, add_special_tokens=False)["input_ids"]
+            full = self.tok(self.template.anchor + self.template.answer(answer), add_special_tokens=False)[
+                "input_ids"
+            ]
+            if full[: len(anchor)] == anchor:
+                ids = full[len(anchor) :]
+            else:
+                log.warning("answer %r merges with the prompt's last token; tokenizing it alone", answer)
+                ids = self.tok(self.template.answer(answer), add_special_tokens=False)["input_ids"]
+            self._answer_ids[answer] = ids
+        return self._answer_ids[answer]
+
+    def pack(self, num_visual: int, questions: list[str], answers: list[str] | None = None) -> PackedBatch:
+        """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch."""
+        pieces = [self.template.split(q, self.system) for q in questions]
+        prefix = self.tok([p[0] for p in pieces], add_special_tokens=True)["input_ids"]
+        suffix = self.tok([p[1] for p in pieces], add_special_tokens=False)["input_ids"]
+        answer = None if answers is None else [self.answer_ids(a) for a in answers]
+        return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device)
+
+    # -- read-outs ------------------------------------------------------
+    @property
+    def _device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _embed(self, packed: PackedBatch, tokens: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.get_input_embeddings()(packed.input_ids)
+        return embeds.masked_scatter(packed.visual_mask[..., None], tokens.to(embeds.dtype))
+
+    def _check(self, tokens: torch.Tensor, questions: list[str]) -> None:
+        if tokens.dim() != 3 or tokens.shape[-1] != self.hidden_size or tokens.shape[0] != len(questions):
+            raise ValueError(
+                f"causal-lm expects visual tokens [B,M,{self.hidden_size}] for {len(questions)} questions; "
+                f"got {tuple(tokens.shape)}"
+            )
+
+    def _answer_token_logprobs(
+        self, tokens: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of every answer token (teacher forcing) and the row each belongs to."""
+        self._check(tokens, questions)
+        packed = self.pack(tokens.shape[1], questions, answers)
+        logits = decoding.forward(
+            self.model, self._embed(packed, tokens), packed.attention_mask, packed.position_ids
+        )
+        targets = packed.labels[:, 1:]
+        where = targets != IGNORE_INDEX
+        picked = logits[:, :-1][where].float().log_softmax(-1)
+        logprobs = picked.gather(1, targets[where][:, None]).squeeze(1)
+        rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(targets)[where]
+        return logprobs, rows
+
+    def answer_logprob(self, tokens: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
+        """Summed log-likelihood ``[B]`` of each sample's whole answer turn (one full pass per batch)."""
+        logprobs, rows = self._answer_token_logprobs(tokens, questions, answers)
+        return torch.zeros(len(questions), device=logprobs.device).index_add(0, rows, logprobs)
+
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        questions: list[str],
+        answers: list[str],
+        targets: torch.Tensor | None = None,
+        classes: list[str] | None = None,
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of the batch (prompt and visual slots ignored)."""
+        logprobs, _ = self._answer_token_logprobs(tokens, questions, answers)
+        return -logprobs.mean()
+
+    def _prefill(self, tokens: torch.Tensor, questions: list[str]) -> tuple[PackedBatch, torch.Tensor, Any]:
+        self._check(tokens, questions)
+        packed = self.pack(tokens.shape[1], questions)
+        last, cache = decoding.prefill(
+            self.model, self._embed(packed, tokens), packed.attention_mask, packed.lengths
+        )
+        return packed, last, cache
+
+    def score(self, tokens: torch.Tensor, questions: list[str], candidates: list[str]) -> torch.Tensor:
+        """Log-likelihood ``[B,C]`` of each candidate answer turn (its tokens summed, end marker included).
+
+        The image + prompt prefix runs once per sample; its KV cache is expanded
+        over the candidates, which run together in one padded batch.
+        """
+        packed, last, cache = self._prefill(tokens, questions)
+        ids, mask = pad_ids([self.answer_ids(c) for c in candidates], self.tok.pad_token_id, self._device)
+        return decoding.score_candidates(
+            self.model, last, cache, packed.attention_mask, packed.lengths, ids, mask
+        )
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers (at most ``max_new_tokens`` tokens), cut at the template's end marker."""
+        packed, last, cache = self._prefill(tokens, questions)
+        stop_ids = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
+        for stop in self.template.stop:
+            ids = self.tok(stop, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                stop_ids.add(ids[0])
+        rows = decoding.greedy(
+            self.model,
+            last,
+            cache,
+            packed.attention_mask,
+            packed.lengths,
+            max_new_tokens,
+            stop_ids,
+            self.tok.pad_token_id,
+        )
+        texts = self.tok.batch_decode(rows, skip_special_tokens=True)
+        return [self.template.clean(t) for t in texts]

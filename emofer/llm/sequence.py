@@ -1,0 +1,102 @@
+"""Multimodal sequences: prompt token ids, visual slots and answer ids packed into one padded batch.
+
+Each sample is ``prefix ids + M visual slots + suffix ids + answer ids``
+(the visual slots are filled with the fusion's tokens as embeddings). Rows
+are right-padded; the attention mask marks real positions; labels are the
+answer ids and -100 everywhere else (prompt, visual slots, padding), so the
+loss covers answer tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+"""Label of every position that is not an answer token."""
+
+
+@dataclass
+class PackedBatch:
+    """A right-padded batch of multimodal sequences.
+
+    Attributes:
+        input_ids: ``[B,L]`` token ids; the pad id at visual slots and padding.
+        visual_mask: ``[B,L]`` true at the visual slots (``M`` per row).
+        attention_mask: ``[B,L]`` 1 at real positions, 0 at padding.
+        labels: ``[B,L]`` answer ids, -100 elsewhere.
+        lengths: ``[B]`` real length of each row.
+    """
+
+    input_ids: torch.Tensor
+    visual_mask: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions 0..len-1 of each row (padding repeats the last one)."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pack(
+    prefix_ids: Sequence[Sequence[int]],
+    num_visual: int,
+    suffix_ids: Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int]] | None,
+    pad_id: int,
+    device: torch.device | str | None = None,
+) -> PackedBatch:
+    """Packs per-sample pieces into a :class:`PackedBatch` (right padding).
+
+    Args:
+        prefix_ids: ids before the visual tokens (with the BOS token, if any).
+        num_visual: visual tokens per sample.
+        suffix_ids: ids after the visual tokens, up to where the answer starts.
+        answer_ids: the answer's ids (labelled), or None for a prompt alone.
+        pad_id: id written at visual slots and padding.
+        device: where the tensors go.
+    """
+    if len(prefix_ids) != len(suffix_ids) or (answer_ids is not None and len(answer_ids) != len(prefix_ids)):
+        raise ValueError("prefix, suffix and answer id lists must have one entry per sample")
+    answers = answer_ids if answer_ids is not None else [[] for _ in prefix_ids]
+    lengths = [
+        len(p) + num_visual + len(s) + len(a) for p, s, a in zip(prefix_ids, suffix_ids, answers, strict=True)
+    ]
+    batch, width = len(lengths), max(lengths, default=0)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+    visual_mask = torch.zeros((batch, width), dtype=torch.bool)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, (pre, suf, ans) in enumerate(zip(prefix_ids, suffix_ids, answers, strict=True)):
+        start = len(pre) + num_visual
+        input_ids[i, : len(pre)] = torch.tensor(pre, dtype=torch.long)
+        visual_mask[i, len(pre) : start] = True
+        input_ids[i, start : start + len(suf)] = torch.tensor(suf, dtype=torch.long)
+        end = start + len(suf) + len(ans)
+        input_ids[i, start + len(suf) : end] = torch.tensor(ans, dtype=torch.long)
+        labels[i, start + len(suf) : end] = torch.tensor(ans, dtype=torch.long)
+        attention_mask[i, :end] = 1
+    return PackedBatch(
+        input_ids=input_ids.to(device),
+        visual_mask=visual_mask.to(device),
+        attention_mask=attention_mask.to(device),
+        labels=labels.to(device),
+        lengths=torch.tensor(lengths, dtype=torch.long, device=device),
+    )
+
+
+def pad_ids(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads id lists to ``(ids [N,K], mask [N,K])``."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)

@@ -1,0 +1,400 @@
+"""LLM heads: the contract for every registered head, prompts, packing, shared-prefix scoring, generation, parsing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from emofer.llm import LLM_HEADS, decoding
+from emofer.llm.causal_lm import CausalLMHead
+from emofer.llm.classifier import ClassifierHead
+from emofer.llm.parsing import invalid_rate, parse_label
+from emofer.llm.prompts import PROMPT_TEMPLATES, PromptTemplate, get_template, register_template
+from emofer.llm.sequence import IGNORE_INDEX, pack
+from emofer.testing import build_tiny_tokenizer, tiny_llm_dir
+
+CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+QUESTIONS = [
+    "Which expression?",
+    "What is the facial expression of the person in the image? Choose one from the following options: "
+    "{surprise, fear, disgust, happiness, sadness, anger, neutral}.",
+    "Describe the facial cues of the person, please.",
+]
+CANDIDATES = ["happiness", "fear", "disappointment", "anger", "neutral"]
+TINY_KWARGS = {
+    "causal-lm": {"path": "tiny-llama"},
+    "classifier": {"classes": CLASSES, "hidden_size": 32},
+}
+
+
+def build_tiny(name: str) -> nn.Module:
+    if name not in TINY_KWARGS:
+        pytest.fail(f"LLM head {name!r} has no tiny test kwargs; add it to TINY_KWARGS")
+    return LLM_HEADS.build({"name": name, **TINY_KWARGS[name]})
+
+
+@pytest.fixture(scope="module")
+def head() -> CausalLMHead:
+    return CausalLMHead(path="tiny-llama").eval()
+
+
+def visual(batch: int, num: int = 5, dim: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, num, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# -- every registered head ------------------------------------------------
+@pytest.mark.parametrize("name", LLM_HEADS.names())
+def test_head_contract(name: str) -> None:
+    head = build_tiny(name)
+    tokens = visual(3, dim=head.hidden_size).requires_grad_(True)
+    loss = head.loss(tokens, QUESTIONS, ["fear", "happiness", "anger"], torch.tensor([1, 3, 5]), CLASSES)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    head.eval()
+    with torch.no_grad():
+        scores = head.score(tokens.detach(), QUESTIONS, ["happiness", "fear", "disgust"])
+        texts = head.generate(tokens.detach(), QUESTIONS, max_new_tokens=3)
+    assert scores.shape == (3, 3) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all() and (scores <= 0).all()
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+# -- prompts --------------------------------------------------------------
+def test_vicuna_v1_is_llava_conv_vicuna_v1() -> None:
+    t = get_template("vicuna_v1")
+    system = (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
+    assert t.render("Q?") == f"{system} USER: <image>\nQ? ASSISTANT:"
+    assert t.render("Q?") + t.answer("fear") == f"{system} USER: <image>\nQ? ASSISTANT: fear</s>"
+    assert t.split("Q?", system="S") == ("S USER: ", "\nQ? ASSISTANT:")
+    assert t.anchor == " ASSISTANT:"
+    assert t.clean(" fear</s>junk") == "fear"
+
+
+@pytest.mark.parametrize("name", sorted(PROMPT_TEMPLATES))
+def test_templates_have_one_image_marker_and_close_answers(name: str) -> None:
+    t = get_template(name)
+    before, after = t.split("Q?")
+    assert "<image>" not in before + after and "Q?" in after
+    assert t.answer("fear").strip().startswith("fear")
+    assert any(t.answer("fear").endswith(stop) for stop in t.stop)
+
+
+def test_template_registry_errors() -> None:
+    assert set(PROMPT_TEMPLATES) >= {"vicuna_v1", "llama3", "chatml", "plain"}
+    with pytest.raises(KeyError, match=r"unknown prompt template 'vicuna'\. Did you mean 'vicuna_v1'\?"):
+        get_template("vicuna")
+    with pytest.raises(ValueError, match="already registered"):
+        register_template(get_template("plain"))
+    with pytest.raises(ValueError, match="needs one <image>"):
+        PromptTemplate("bad", "", "{question}", "{answer}", ("</s>",))
+
+
+# -- tokenizer and tiny assets -------------------------------------------
+def test_tiny_tokenizer_is_deterministic_with_specials_and_multi_token_labels() -> None:
+    a, b = build_tiny_tokenizer(), build_tiny_tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    assert 500 <= len(a) <= 2048
+    assert [a.bos_token, a.eos_token, a.pad_token, a.unk_token] == ["<s>", "</s>", "<pad>", "<unk>"]
+    assert a("fear</s>").input_ids[0] == a.bos_token_id and a("fear</s>").input_ids[-1] == a.eos_token_id
+    lengths = {c: len(a.tokenize(" " + c)) for c in CLASSES}
+    assert min(lengths.values()) == 1 and max(lengths.values()) >= 2, lengths
+
+
+def test_tiny_llama_loads_through_from_pretrained(head: CausalLMHead) -> None:
+    directory = tiny_llm_dir()
+    assert (directory / "model.safetensors").exists() and (directory / "tokenizer.json").exists()
+    assert head.pretrained_source == "tiny-llama"
+    assert head.hidden_size == 64 and head.model.config.num_hidden_layers == 2
+    assert head.model.config.vocab_size == len(head.tokenizer)
+
+
+# -- packing, padding, label masking ---------------------------------------
+def test_pack_places_visual_slots_labels_and_padding_exactly() -> None:
+    b = pack([[1, 10], [1]], 2, [[11, 12], [13]], [[20, 2], [21, 22, 2]], pad_id=0)
+    assert b.input_ids.tolist() == [[1, 10, 0, 0, 11, 12, 20, 2], [1, 0, 0, 13, 21, 22, 2, 0]]
+    assert b.visual_mask.nonzero().tolist() == [[0, 2], [0, 3], [1, 1], [1, 2]]
+    assert b.labels.tolist() == [
+        [IGNORE_INDEX] * 6 + [20, 2],
+        [IGNORE_INDEX] * 4 + [21, 22, 2, IGNORE_INDEX],
+    ]
+    assert b.attention_mask.tolist() == [[1] * 8, [1] * 7 + [0]]
+    assert b.lengths.tolist() == [8, 7]
+    assert b.position_ids.tolist() == [list(range(8)), list(range(7)) + [6]]
+
+
+def test_head_labels_only_answer_tokens(head: CausalLMHead) -> None:
+    answers = ["fear", "disappointment", "happiness"]
+    b = head.pack(4, QUESTIONS, answers)
+    assert len(set(b.lengths.tolist())) == 3  # three different lengths, so padding matters
+    for i, answer in enumerate(answers):
+        ids = head.answer_ids(answer)
+        length = int(b.lengths[i])
+        assert b.labels[i, length - len(ids) : length].tolist() == ids
+        assert (b.labels[i, : length - len(ids)] == IGNORE_INDEX).all()
+        assert (b.labels[i, length:] == IGNORE_INDEX).all()
+        assert int(b.visual_mask[i].sum()) == 4
+        assert b.attention_mask[i].tolist() == [1] * length + [0] * (b.input_ids.shape[1] - length)
+    assert head.answer_ids("fear")[-1] == head.tokenizer.eos_token_id
+
+
+def test_loss_matches_transformers_masked_loss_and_is_padding_invariant(head: CausalLMHead) -> None:
+    tokens, answers = visual(3), ["fear", "disappointment", "happiness"]
+    loss = head.loss(tokens, QUESTIONS, answers)
+    packed = head.pack(tokens.shape[1], QUESTIONS, answers)
+    embeds = head.model.get_input_embeddings()(packed.input_ids)
+    embeds = embeds.masked_scatter(packed.visual_mask[..., None], tokens)
+    reference = head.model(
+        inputs_embeds=embeds, attention_mask=packed.attention_mask, labels=packed.labels
+    ).loss
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    counts = [len(head.answer_ids(a)) for a in answers]
+    singles = [head.loss(tokens[i : i + 1], [QUESTIONS[i]], [answers[i]]) for i in range(3)]
+    weighted = sum(n * s for n, s in zip(counts, singles, strict=True)) / sum(counts)
+    torch.testing.assert_close(loss, weighted, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_text_gives_input_embeddings_and_mask(head: CausalLMHead) -> None:
+    emb, mask = head.embed_text(["fear", "a much longer question here"])
+    assert head.text_dim == 64 and emb.shape[0] == 2 and emb.shape[-1] == 64
+    ids = head.tokenizer("fear", add_special_tokens=False).input_ids
+    assert mask[0].tolist() == [True] * len(ids) + [False] * (emb.shape[1] - len(ids)) and mask[1].all()
+    torch.testing.assert_close(emb[0, : len(ids)], head.model.get_input_embeddings().weight[ids])
+
+
+# -- shared-prefix scoring ----------------------------------------------------
+def naive_scores(head: CausalLMHead, tokens: torch.Tensor, questions: list[str]) -> torch.Tensor:
+    """One full forward per sample and candidate, no cache, no padding."""
+    return torch.tensor(
+        [
+            [head.answer_logprob(tokens[i : i + 1], [questions[i]], [c]).item() for c in CANDIDATES]
+            for i in range(len(questions))
+        ]
+    )
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("template", sorted(PROMPT_TEMPLATES))
+def test_shared_prefix_score_equals_naive(template: str, attn: str) -> None:
+    head = CausalLMHead(path="tiny-llama", template=template, attn_implementation=attn).eval()
+    assert max(len(head.answer_ids(c)) for c in CANDIDATES) >= 4  # multi-token labels are summed
+    tokens = visual(3, seed=1)
+    assert len(set(head.pack(5, QUESTIONS).lengths.tolist())) == 3  # prefixes of different lengths
+    with torch.no_grad():
+        shared = head.score(tokens, QUESTIONS, CANDIDATES)
+        naive = naive_scores(head, tokens, QUESTIONS)
+    torch.testing.assert_close(shared, naive, atol=1e-4, rtol=0)
+
+
+def test_shared_prefix_score_with_lora_and_single_token_candidates() -> None:
+    head = CausalLMHead(path="tiny-llama", lora={"r": 4, "alpha": 8, "dropout": 0.0}).eval()
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a non-trivial adapter, so both paths must apply it
+        tokens = visual(3, seed=2)
+        torch.testing.assert_close(
+            head.score(tokens, QUESTIONS, CANDIDATES),
+            naive_scores(head, tokens, QUESTIONS),
+            atol=1e-4,
+            rtol=0,
+        )
+        plain = CausalLMHead(path="tiny-llama").eval()
+        assert not torch.allclose(
+            head.score(tokens, QUESTIONS, CANDIDATES), plain.score(tokens, QUESTIONS, CANDIDATES)
+        )
+    one = CausalLMHead(path="tiny-llama", template="plain").eval()
+    one.template = PromptTemplate("no-end", "", "<image>\n{question}\n", "{answer}", ("</s>",))
+    one._answer_ids.clear()
+    single = [c for c in CLASSES if len(one.answer_ids(c)) == 1]
+    assert single, "the tiny tokenizer should keep some labels as one token"
+    with torch.no_grad():
+        scores = one.score(visual(2), QUESTIONS[:2], single)
+        expected = [
+            [one.answer_logprob(visual(2)[i : i + 1], [QUESTIONS[i]], [c]).item() for c in single]
+            for i in range(2)
+        ]
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_score_runs_the_prefix_once(head: CausalLMHead) -> None:
+    calls: list[int] = []
+    hook = head.model.model.layers[0].register_forward_hook(lambda m, a, out: calls.append(a[0].shape[1]))
+    try:
+        with torch.no_grad():
+            head.score(visual(3), QUESTIONS, CANDIDATES)
+    finally:
+        hook.remove()
+    longest = max(len(head.answer_ids(c)) for c in CANDIDATES)
+    prefix = int(head.pack(5, QUESTIONS).lengths.max())
+    assert calls == [prefix, longest - 1]  # one prefix pass, one pass over all candidates
+
+
+# -- generation -------------------------------------------------------------
+def test_generate_batch_matches_single_and_uncached_greedy(head: CausalLMHead) -> None:
+    tokens = visual(3, seed=3)
+    with torch.no_grad():
+        batched = head.generate(tokens, QUESTIONS, max_new_tokens=5)
+        singles = [head.generate(tokens[i : i + 1], [QUESTIONS[i]], max_new_tokens=5)[0] for i in range(3)]
+        packed = head.pack(5, QUESTIONS[:1])
+        embeds = head.model.get_input_embeddings()(packed.input_ids)
+        embeds = embeds.masked_scatter(packed.visual_mask[..., None], tokens[:1])
+        ids = []
+        for _ in range(5):  # greedy without any cache: the whole sequence every step
+            nxt = int(head.model(inputs_embeds=embeds).logits[0, -1].argmax())
+            if nxt == head.tokenizer.eos_token_id:
+                break
+            ids.append(nxt)
+            embeds = torch.cat([embeds, head.model.get_input_embeddings().weight[nxt][None, None]], dim=1)
+    assert batched == singles
+    assert batched[0] == head.template.clean(head.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+class _Scripted(nn.Module):
+    """A fake causal LM whose next token follows a script (row b emits script[b][step])."""
+
+    def __init__(self, script: list[list[int]], vocab: int = 10) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 4)
+        self.script, self.vocab, self.step = script, vocab, 1
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.emb
+
+    def forward(
+        self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False, logits_to_keep=0
+    ):
+        assert attention_mask.shape[1] == 3 + self.step and position_ids.tolist() == [
+            [2 + self.step],
+            [1 + self.step],
+        ]
+        logits = torch.full((len(self.script), 1, self.vocab), -1.0)
+        for b, row in enumerate(self.script):
+            logits[b, 0, row[min(self.step, len(row) - 1)]] = 1.0
+        self.step += 1
+        return type("Out", (), {"logits": logits})()
+
+
+def test_greedy_stops_rows_independently() -> None:
+    script = [[5, 2, 7, 7], [6, 7, 8, 9]]  # row 0 ends at eos (2); row 1 runs to the budget
+    lm = _Scripted(script)
+    first = torch.full((2, 10), -1.0)
+    first[0, 5] = first[1, 6] = 1.0
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rows = decoding.greedy(lm, first, None, mask, torch.tensor([3, 2]), 3, {2}, pad_id=0)
+    assert rows == [[5], [6, 7, 8]]
+
+
+# -- label parsing -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("happiness", "happiness"),
+        ("Happiness.", "happiness"),
+        ("happy", "happiness"),
+        ("JOY!", "happiness"),
+        ("unhappy", "sadness"),
+        ("angry", "anger"),
+        ("sad", "sadness"),
+        ("surprised", "surprise"),
+        ("scared", "fear"),
+        ("afraid", "fear"),
+        ("disgusted", "disgust"),
+        ("calm", "neutral"),
+        ("The person in the image looks surprised.", "surprise"),
+        ("The expression is sadness", "sadness"),
+        ("I cannot tell.", None),
+        ("", None),
+        ("happy or sad", None),
+        ("contempt", None),  # not a candidate: never mapped to a guess
+        ("sadnesses", None),
+    ],
+)
+def test_parse_label(text: str, expected: str | None) -> None:
+    assert parse_label(text, CLASSES) == expected
+
+
+def test_parse_label_custom_candidates_and_invalid_rate() -> None:
+    assert parse_label("contemptuous", ["contempt", "neutral"]) == "contempt"
+    assert parse_label("a smirk", ["smirk", "grin"]) == "smirk"
+    assert parse_label("calm", ["happiness", "sadness"]) is None
+    assert invalid_rate(["fear", None, "anger", None]) == 0.5 and invalid_rate([]) == 0.0
+
+
+# -- causal-lm options ---------------------------------------------------------
+def test_lora_trains_adapters_only_and_policies() -> None:
+    head = CausalLMHead(path="tiny-llama", lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})
+    trainable = [n for n, p in head.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    config = head.lm.peft_config["default"]
+    assert (config.r, config.lora_alpha, set(config.target_modules)) == (8, 16, {"q_proj", "v_proj"})
+    assert head.adapter_keys() == {n.removeprefix("") for n in trainable}
+    head.freeze()
+    assert head.is_frozen
+    head.unfreeze()
+    assert [n for n, p in head.named_parameters() if p.requires_grad] == trainable
+    every = CausalLMHead(path="tiny-llama", lora={"r": 2}, trainable="all")
+    assert all(p.requires_grad for p in every.parameters())
+    assert CausalLMHead(path="tiny-llama", trainable="none").is_frozen
+    with pytest.raises(ValueError, match="trainable='lora' needs lora settings"):
+        CausalLMHead(path="tiny-llama", trainable="lora")
+    with pytest.raises(ValueError, match=r"lora: unknown key\(s\) \['rank'\]"):
+        CausalLMHead(path="tiny-llama", lora={"rank": 8})
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    tokens = visual(2)
+    results = []
+    for checkpointing in (False, True):
+        head = CausalLMHead(path="tiny-llama", gradient_checkpointing=checkpointing).train()
+        loss = head.loss(tokens, QUESTIONS[:2], ["fear", "anger"])
+        loss.backward()
+        results.append((loss.detach(), head.model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_build_from_config_on_meta_device_has_llama_7b_size() -> None:
+    vicuna_7b = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+    }
+    with torch.device("meta"):
+        head = CausalLMHead(config=vicuna_7b, dtype="bfloat16")
+    assert head.hidden_size == 4096 and head.pretrained_source is None and head.tokenizer is None
+    assert all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in head.parameters())
+    assert sum(p.numel() for p in head.parameters()) == 6_738_415_616
+    with pytest.raises(RuntimeError, match="without a tokenizer; set llm.tokenizer"):
+        head.embed_text(["hi"])
+
+
+def test_missing_local_weights_fail_offline(tmp_path) -> None:
+    with pytest.raises(OSError):
+        CausalLMHead(path=str(tmp_path / "no-such-model"))
+
+
+# -- classifier --------------------------------------------------------------
+def test_classifier_maps_candidates_and_targets() -> None:
+    torch.manual_seed(0)
+    head = ClassifierHead(CLASSES, hidden_size=16).eval()
+    tokens = torch.randn(4, 3, 16)
+    scores = head.score(tokens, [""] * 4, ["anger", "fear"])
+    torch.testing.assert_close(scores.logsumexp(-1), torch.zeros(4))
+    torch.testing.assert_close(head.score(tokens, [""] * 4, ["fear", "anger"]), scores.flip(-1))
+    batch_classes = ["neutral", "fear", "anger"]  # a data set with its own order
+    targets = torch.tensor([0, 1, 2, 1])
+    expected = nn.functional.cross_entropy(head.logits(tokens), torch.tensor([6, 1, 5, 1]))
+    torch.testing.assert_close(head.loss(tokens, [""] * 4, [""] * 4, targets, batch_classes), expected)
+    assert head.generate(tokens, [""] * 4) == [CLASSES[i] for i in head.logits(tokens).argmax(-1).tolist()]
+    assert head.embed_text(["x"]) is None and head.text_dim is None
+    with pytest.raises(ValueError, match=r"classifier has no class\(es\) \['contempt'\]"):
+        head.score(tokens, [""] * 4, ["contempt"])
