@@ -83,8 +83,8 @@ class FaceCropper:
         self._classifier: Any = None
         self._warned = False
 
-    def detect(self, image: Image.Image | np.ndarray) -> Box | None:
-        """The largest face as ``(x, y, w, h)``, or None when there is none."""
+    def faces(self, image: Image.Image | np.ndarray) -> list[Box]:
+        """Every detected face as ``(x, y, w, h)``, largest first."""
         import cv2
 
         if self._classifier is None:
@@ -95,13 +95,16 @@ class FaceCropper:
         array = np.asarray(image.convert("L") if isinstance(image, Image.Image) else image)
         if array.ndim == 3:
             array = cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
-        faces = self._classifier.detectMultiScale(
+        found = self._classifier.detectMultiScale(
             array, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors
         )
-        if len(faces) == 0:
-            return None
-        x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-        return int(x), int(y), int(w), int(h)
+        boxes = [(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
+        return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
+
+    def detect(self, image: Image.Image | np.ndarray) -> Box | None:
+        """The largest face as ``(x, y, w, h)``, or None when there is none."""
+        boxes = self.faces(image)
+        return boxes[0] if boxes else None
 
     def __call__(self, image: Image.Image) -> Image.Image:
         box = self.detect(image)

@@ -216,16 +216,9 @@ class FaceXFormer(FacePrior):
         tokens, _ = self.decode(fused)
         heads = self.face_decoder.predict(tokens)
         landmarks = heads["landmarks"]
-        local = F.grid_sample(
-            fused,
-            landmarks.unsqueeze(2).to(fused.dtype),
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
-        )  # [B,D,68,1]
         return FacePriors(
             global_feat=pooled,
-            local_feat=local.squeeze(3).transpose(1, 2),
+            local_feat=landmark_features(fused, landmarks),
             landmarks=landmarks,
             attributes={k: heads[k] for k in self.attribute_labels},
             task_tokens=tokens[:, : len(TASKS)],
@@ -268,6 +261,18 @@ class FaceXFormer(FacePrior):
             )
         self.load_state_dict(state, strict=True)
         log.info("loaded FaceXFormer weights from %s", path)
+
+
+def landmark_features(feature_map: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples ``[B,L,C]`` of ``feature_map [B,C,H,W]`` at ``landmarks [B,L,2]``.
+
+    Landmarks are (x, y) in ``[-1,1]`` with ``align_corners=False``: -1 and 1
+    are the outer edges of the border pixels, as FaceXFormer predicts them.
+    Points outside take the nearest border value.
+    """
+    grid = landmarks.unsqueeze(2).to(feature_map.dtype)  # [B,L,1,2]
+    samples = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return samples.squeeze(3).transpose(1, 2)
 
 
 def _layer_norm_2d(channels: int) -> nn.Module:

@@ -62,6 +62,9 @@ class TimmEncoder(VisionEncoder):
             )
         else:
             model.reset_classifier(0, "")
+        if image_size is None:  # a transformer built for another size (img_size in model_kwargs)
+            built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+            image_size = int(built[0]) if built is not None else None
         if image_size is not None and hasattr(model, "set_input_size"):
             model.set_input_size(img_size=image_size)
         data_cfg = timm.data.resolve_model_data_config(model)
