@@ -112,6 +112,8 @@ class TrainConfig:
     feature_cache: bool = False
     cache_dir: str | None = None
     out_dir: str = "runs"
+    checkpoint_every: int = field(default=100, metadata=_help("optimizer steps between checkpoints"))
+    val_every: int = field(default=0, metadata=_help("steps between validations with data.val; 0 = per epoch"))
 
 
 @dataclass
