@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def test_encoder_contract(name):
     assert all(p.grad is None for p in enc.parameters())
 
     for train in (False, True):
-        image = enc.transform(train)(photo())
+        transform = pickle.loads(pickle.dumps(enc.transform(train)))  # DataLoader workers may pickle it
+        image = transform(photo())
         assert image.shape == (3, enc.image_size, enc.image_size)
         assert image.dtype == torch.float32 and torch.isfinite(image).all()
 

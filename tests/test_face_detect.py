@@ -64,3 +64,14 @@ def test_cropper_pickles_for_dataloader_workers_and_takes_arrays(astronaut):
     assert clone.found == 1
     assert clone.detect(np.asarray(astronaut)) == cropper.detect(astronaut)
     assert clone.detect(np.asarray(astronaut.convert("L"))) == cropper.detect(astronaut)
+
+
+def test_facexformer_transform_can_crop_faces(astronaut):
+    import torch
+
+    from emofer.encoders import FACE_PRIORS
+
+    plain = FACE_PRIORS.build({"name": "facexformer-tiny"}).transform(False)
+    cropping = FACE_PRIORS.build({"name": "facexformer-tiny", "detect_faces": True}).transform(False)
+    torch.testing.assert_close(cropping(astronaut), plain(FaceCropper()(astronaut)))
+    assert cropping(astronaut).shape == (3, 64, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ from PIL import Image
 
 from emofer.encoders import FACE_PRIORS, FacePrior, FacePriors
 from emofer.encoders._two_way import Attention, PositionEmbeddingRandom
-from emofer.encoders.facexformer import FaceXFormer, landmark_features
+from emofer.encoders.facexformer import (
+    FaceXFormer,
+    landmark_features,
+    landmarks_to_pixels,
+    pixels_to_landmarks,
+)
 from emofer.llm.agr import ATTRIBUTE_LABELS
 
 TINY = {"facexformer-tiny": {}, "facexformer": None, "none": None}
@@ -97,7 +103,7 @@ def test_prior_contract(name):
     assert all(p.grad is None for p in prior.parameters())
 
     for train in (False, True):
-        image = prior.transform(train)(photo())
+        image = pickle.loads(pickle.dumps(prior.transform(train)))(photo())
         assert image.shape == (3, prior.image_size, prior.image_size)
 
 
@@ -133,6 +139,16 @@ def test_landmark_features_use_align_corners_false():
     torch.testing.assert_close(feats[:, 1], fmap[:, :, 0, 0])
     outside = landmark_features(fmap, torch.full((2, 1, 2), 3.0))  # far outside: nearest border value
     torch.testing.assert_close(outside[:, 0], fmap[:, :, 3, 4])
+
+
+def test_landmark_pixel_conversions():
+    fmap = torch.randn(1, 3, 4, 5)
+    pixel = torch.tensor([[[3.0, 2.0]]])  # x=3, y=2: the centre of fmap[..., 2, 3]
+    points = pixels_to_landmarks(pixel, width=5, height=4)
+    torch.testing.assert_close(landmark_features(fmap, points)[0, 0], fmap[0, :, 2, 3])
+    torch.testing.assert_close(landmarks_to_pixels(points, 5, 4), pixel)
+    corners = landmarks_to_pixels(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), width=224, height=112)
+    torch.testing.assert_close(corners, torch.tensor([[-0.5, -0.5], [223.5, 111.5]]))
 
 
 def test_fusion_concatenates_stages_deepest_first(tiny):

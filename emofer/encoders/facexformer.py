@@ -123,6 +123,9 @@ class FaceXFormer(FacePrior):
         decoder_mlp_dim: hidden width of the decoder MLPs.
         decoder_depth: two-way blocks.
         checkpoint: weights to load (see :meth:`load_checkpoint`).
+        detect_faces: crop the largest Haar-cascade face (box enlarged by 50%)
+            in :meth:`transform` before resizing, for images that are not
+            face crops already.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class FaceXFormer(FacePrior):
         decoder_mlp_dim: int = 2048,
         decoder_depth: int = 2,
         checkpoint: str | None = None,
+        detect_faces: bool = False,
     ) -> None:
         super().__init__()
         from torchvision.models.swin_transformer import SwinTransformer
@@ -170,6 +174,7 @@ class FaceXFormer(FacePrior):
         self.attribute_labels = {k: list(v) for k, v in ATTRIBUTE_LABELS.items()}
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
+        self.detect_faces = detect_faces
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
 
@@ -225,8 +230,15 @@ class FaceXFormer(FacePrior):
         )
 
     def transform(self, train: bool = False) -> Callable:
-        """FaceXFormer's input pipeline: bicubic resize of the face crop, ImageNet statistics."""
-        return resize_transform(self.image_size, self.mean, self.std)
+        """FaceXFormer's input pipeline: (face crop,) bicubic resize, ImageNet statistics; no augmentation."""
+        resize = resize_transform(self.image_size, self.mean, self.std)
+        if not self.detect_faces:
+            return resize
+        from torchvision.transforms import Compose
+
+        from emofer.encoders.face_detect import FaceCropper
+
+        return Compose([FaceCropper(), resize])
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Loads weights strictly: an official ``.pt``/``.pth`` file or a ``.safetensors`` state dict.
@@ -275,6 +287,22 @@ def landmark_features(feature_map: torch.Tensor, landmarks: torch.Tensor) -> tor
     return samples.squeeze(3).transpose(1, 2)
 
 
+def landmarks_to_pixels(landmarks: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``[-1,1]`` landmarks (``align_corners=False``) to pixel coordinates of a ``width x height`` image.
+
+    -1 and 1 are the outer edges of the image and pixel centres sit at
+    integer coordinates (FaceXFormer's ``denorm_points`` convention).
+    """
+    scale = landmarks.new_tensor([width, height])
+    return ((landmarks + 1) * scale - 1) / 2
+
+
+def pixels_to_landmarks(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Pixel coordinates to ``[-1,1]`` landmarks; the inverse of :func:`landmarks_to_pixels`."""
+    scale = points.new_tensor([width, height])
+    return (2 * points + 1) / scale - 1
+
+
 def _layer_norm_2d(channels: int) -> nn.Module:
     from timm.layers import LayerNorm2d
 
@@ -282,15 +310,17 @@ def _layer_norm_2d(channels: int) -> nn.Module:
 
 
 @FACE_PRIORS.register("facexformer")
-def facexformer(checkpoint: str | None = None) -> FaceXFormer:
+def facexformer(checkpoint: str | None = None, detect_faces: bool = False) -> FaceXFormer:
     """FaceXFormer (Swin-B + two-way decoder, ~92M parameters): landmarks, pose, attributes, age/gender/race.
 
     Args:
         checkpoint: the official checkpoint (``ckpts/model.pt`` from the
             FaceXFormer release) or a ``.safetensors`` copy of its state dict;
             None for random weights.
+        detect_faces: crop the largest detected face in the transform (for
+            images that are not face crops already).
     """
-    return FaceXFormer(checkpoint=checkpoint)
+    return FaceXFormer(checkpoint=checkpoint, detect_faces=detect_faces)
 
 
 @FACE_PRIORS.register("facexformer-tiny")
@@ -304,6 +334,7 @@ def facexformer_tiny(
     decoder_heads: int = 2,
     decoder_mlp_dim: int = 64,
     checkpoint: str | None = None,
+    detect_faces: bool = False,
 ) -> FaceXFormer:
     """A small FaceXFormer (same code path, tiny Swin and decoder) for tests and the CPU demo.
 
@@ -317,6 +348,7 @@ def facexformer_tiny(
         decoder_heads: decoder attention heads.
         decoder_mlp_dim: decoder MLP width.
         checkpoint: weights saved from a model of the same dims.
+        detect_faces: crop the largest detected face in the transform.
     """
     return FaceXFormer(
         image_size=image_size,
@@ -329,4 +361,5 @@ def facexformer_tiny(
         decoder_heads=decoder_heads,
         decoder_mlp_dim=decoder_mlp_dim,
         checkpoint=checkpoint,
+        detect_faces=detect_faces,
     )
