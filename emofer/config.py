@@ -83,8 +83,14 @@ class DataConfig:
     batch_size: int = 16
     eval_batch_size: int = 32
     num_workers: int = 0
-    num_frames: int = 1
+    num_frames: int = field(
+        default=1, metadata=_help("frames per clip; also the default num_frames of data sets that take one")
+    )
+    frame_sampling: str = field(default="uniform", metadata=_help("uniform (T segments) | fps (LLaMA-VID)"))
+    fps: float = field(default=1.0, metadata=_help("frames per second under frame_sampling=fps"))
+    folder_fps: float = field(default=25.0, metadata=_help("frame rate assumed for frame folders under fps"))
     face_crop: bool = False
+    face_margin: float = field(default=0.5, metadata=_help("growth of the face box before cropping"))
     balanced_sampler: bool = False
     on_bad_sample: str = field(default="error", metadata=_help("'error' or 'skip'"))
     instruction: str = field(default="category", metadata=_help("category | conversation | mixed"))
