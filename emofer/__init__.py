@@ -13,6 +13,7 @@ from emofer.config import ConfigError, list_presets, load_config
 from emofer.encoders import ENCODERS, FACE_PRIORS
 from emofer.fusion import FUSIONS
 from emofer.llm import LLM_HEADS
+from emofer.model import EmoFERModel, Prediction, build_model
 from emofer.registry import ComponentConfigError, DuplicateComponentError, Registry, UnknownComponentError
 
 try:
@@ -37,9 +38,12 @@ __all__ = [
     "ComponentConfigError",
     "ConfigError",
     "DuplicateComponentError",
+    "EmoFERModel",
+    "Prediction",
     "Registry",
     "UnknownComponentError",
     "__version__",
+    "build_model",
     "list_presets",
     "load_config",
 ]

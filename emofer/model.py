@@ -1,0 +1,565 @@
+"""The assembled model: encoder → face prior → fusion → temporal step → LLM head.
+
+:func:`build_model` builds the parts from a config in that order, reads each
+one's dims and wires the next (a mismatch is a :class:`WiringError` naming
+both parts). :class:`EmoFERModel` is a plain ``nn.Module`` consuming the
+batches of the data module (see ``notes/contracts``), with three read-outs
+(``score``, ``generate``, ``classifier``), ``classify`` for raw images and
+videos, and ``save_pretrained`` / ``from_pretrained``.
+
+Example:
+    >>> import emofer
+    >>> model = emofer.build_model(emofer.load_config("llava-tiny"))
+    >>> from PIL import Image
+    >>> [p.label in model.classes for p in model.classify(Image.new("RGB", (64, 64)))]
+    [True]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from emofer.encoders import ENCODERS, FACE_PRIORS
+from emofer.encoders.base import FacePriors
+from emofer.fusion import FUSIONS
+from emofer.fusion.base import FusionSpec, PriorSpec
+from emofer.fusion.temporal import build_temporal
+from emofer.llm import LLM_HEADS
+from emofer.llm.agr import ATTRIBUTE_LABELS, agr_sentences
+from emofer.llm.parsing import invalid_rate, parse_label
+from emofer.registry import accepted_arguments
+
+log = logging.getLogger(__name__)
+
+PARTS = ("encoder", "face_prior", "fusion", "llm")
+MODES = ("score", "generate", "classifier")
+CONFIG_FILE, WEIGHTS_FILE, ADAPTER_DIR = "config.yaml", "model.safetensors", "adapter"
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+class WiringError(ValueError):
+    """Two parts of a model that cannot be connected (dims, a missing prior, ...)."""
+
+
+@dataclass
+class Features:
+    """What the encoder and the face prior produce (what a frozen-feature cache stores).
+
+    Attributes:
+        visual: ``[B*T,N,D]`` encoder tokens, frames flattened into the batch.
+        priors: the face prior's output for the same ``B*T`` rows, or None.
+    """
+
+    visual: torch.Tensor
+    priors: FacePriors | None = None
+
+
+@dataclass
+class Prediction:
+    """One read-out: the label (None = invalid answer), per-label scores and the raw text."""
+
+    label: str | None
+    scores: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+
+def default_question(classes: Sequence[str], video: bool = False) -> str:
+    """EMO-LLaMA's FERID category instruction listing ``classes`` as the options."""
+    media = "video" if video else "image"
+    return (
+        f"What is the facial expression of the person in the {media}? "
+        f"Choose one from the following options: {{{', '.join(classes)}}}."
+    )
+
+
+def _frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+class EmoFERModel(nn.Module):
+    """Encoder, face prior, fusion, temporal step and LLM head wired together.
+
+    Build it with :func:`build_model`. Parts listed in the config's ``freeze``
+    get no gradients and stay in eval mode even when the model trains.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        encoder: nn.Module,
+        face_prior: nn.Module | None,
+        fusion: nn.Module,
+        temporal: nn.Module,
+        llm: nn.Module,
+        custom_imports: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.custom_imports = list(custom_imports)
+        self.encoder = encoder
+        self.face_prior = face_prior
+        self.fusion = fusion
+        self.temporal = temporal
+        self.llm = llm
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's candidate labels (``cfg.classes``)."""
+        return list(self.cfg.classes)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The parts by name, for freeze policies and per-part learning rates.
+
+        ``fusion`` groups the fusion with the temporal step that follows it.
+        """
+        parts: dict[str, nn.Module] = {"encoder": self.encoder}
+        if self.face_prior is not None:
+            parts["face_prior"] = self.face_prior
+        parts["fusion"] = nn.ModuleList([self.fusion, self.temporal])
+        parts["llm"] = self.llm
+        return parts
+
+    def set_frozen(self, names: Sequence[str]) -> None:
+        """Freezes the named parts and makes every other part trainable (under its own policy)."""
+        unknown = sorted(set(names) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown} to freeze; parts are {list(PARTS)}")
+        for name, part in self.parts().items():
+            if name in names:
+                part.requires_grad_(False)
+            elif hasattr(part, "unfreeze"):
+                part.unfreeze()
+            else:
+                part.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EmoFERModel:
+        """Sets train mode, keeping frozen parts in eval mode (no dropout, fixed norm statistics)."""
+        super().train(mode)
+        if mode:
+            for part in self.parts().values():
+                if _frozen(part):
+                    part.eval()
+        return self
+
+    def transforms(self, train: bool = False) -> tuple[Callable, Callable | None]:
+        """(encoder transform, face-prior transform or None): PIL image to ``[3,H,W]``."""
+        prior = None if self.face_prior is None else self.face_prior.transform(train)
+        return self.encoder.transform(train), prior
+
+    # -- forward path ---------------------------------------------------
+    def extract_features(self, pixels: torch.Tensor, face_pixels: torch.Tensor | None = None) -> Features:
+        """Encoder tokens and face priors of ``[B,T,3,H,W]`` frames, flattened to ``B*T`` rows."""
+        if pixels.dim() != 5:
+            raise ValueError(f"pixels must be [B,T,3,H,W], got {tuple(pixels.shape)}")
+        visual = self._run(self.encoder, pixels.flatten(0, 1))
+        priors = None
+        if self.face_prior is not None:
+            if face_pixels is None:
+                raise ValueError(f"face prior {self.cfg.face_prior.name!r} needs 'face_pixels' in the batch")
+            priors = self._run(self.face_prior, face_pixels.flatten(0, 1))
+        return Features(visual=visual, priors=priors)
+
+    @staticmethod
+    def _run(part: nn.Module, pixels: torch.Tensor) -> Any:
+        weight = next((p for p in part.parameters() if p.is_floating_point()), None)
+        if weight is not None:
+            pixels = pixels.to(device=weight.device, dtype=weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not _frozen(part)):
+            return part(pixels)
+
+    def encode(
+        self, batch: Mapping[str, Any], features: Features | None = None
+    ) -> tuple[torch.Tensor, list[str]]:
+        """LLM-space tokens ``[B,M,D]`` and the questions as the LLM reads them (AGR sentence first)."""
+        if features is None:
+            features = self.extract_features(batch["pixels"], batch.get("face_pixels"))
+        questions = list(batch["questions"])
+        rows = features.visual.shape[0]
+        if rows % len(questions):
+            raise ValueError(f"{rows} visual rows do not divide into {len(questions)} samples")
+        frames = rows // len(questions)
+        if self.cfg.prompt.agr:
+            sentences = self._agr(batch, features.priors, len(questions), frames)
+            questions = [f"{s} {q}" for s, q in zip(sentences, questions, strict=True)]
+        text = self.llm.embed_text(questions)
+        if text is not None and frames > 1:
+            text = (text[0].repeat_interleave(frames, 0), text[1].repeat_interleave(frames, 0))
+        fused = self.fusion(features.visual, features.priors, text)
+        return self.temporal(fused, frames), questions
+
+    def _agr(self, batch: Mapping[str, Any], priors: FacePriors | None, size: int, frames: int) -> list[str]:
+        keys = ("age", "gender", "race")
+        if self.cfg.prompt.agr_source == "ground_truth":
+            if "attributes" not in batch:
+                raise ValueError("prompt.agr_source is 'ground_truth' but the batch has no 'attributes'")
+            return agr_sentences(
+                {k: batch["attributes"][k] for k in keys}, ATTRIBUTE_LABELS, self.cfg.prompt.agr_template
+            )
+        assert priors is not None and self.face_prior is not None  # checked by build_model
+        probs = {k: priors.attributes[k].reshape(size, frames, -1).softmax(-1).mean(1) for k in keys}
+        labels = {k: self.face_prior.attribute_labels[k] for k in keys}
+        return agr_sentences(probs, labels, self.cfg.prompt.agr_template)
+
+    def forward(self, batch: Mapping[str, Any], features: Features | None = None) -> torch.Tensor:
+        """The training loss of a batch (answer tokens only, or cross-entropy for the classifier)."""
+        tokens, questions = self.encode(batch, features)
+        return self.llm.loss(
+            tokens, questions, list(batch["answers"]), batch.get("targets"), batch.get("classes")
+        )
+
+    def score_batch(self, batch: Mapping[str, Any], features: Features | None = None) -> torch.Tensor:
+        """Log-likelihood ``[B,C]`` of each of ``batch["classes"]``."""
+        tokens, questions = self.encode(batch, features)
+        return self.llm.score(tokens, questions, list(batch["classes"]))
+
+    def generate_batch(
+        self, batch: Mapping[str, Any], features: Features | None = None, max_new_tokens: int = 8
+    ) -> list[str]:
+        """Greedy answers, one text per sample."""
+        tokens, questions = self.encode(batch, features)
+        return self.llm.generate(tokens, questions, max_new_tokens)
+
+    def predict_batch(
+        self,
+        batch: Mapping[str, Any],
+        mode: str = "score",
+        features: Features | None = None,
+        max_new_tokens: int = 8,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per sample, read out by ``score``, ``generate`` or ``classifier``."""
+        if mode not in MODES:
+            raise ValueError(f"unknown read-out mode {mode!r}; choose from {', '.join(MODES)}")
+        classes = list(batch["classes"])
+        if mode == "generate":
+            texts = self.generate_batch(batch, features, max_new_tokens)
+            labels = [parse_label(t, classes) for t in texts]
+            log.debug("generate: %d answers, invalid rate %.3f", len(labels), invalid_rate(labels))
+            return [Prediction(label=lab, text=t) for lab, t in zip(labels, texts, strict=True)]
+        if mode == "classifier" and self.cfg.llm.name != "classifier":
+            raise ValueError(
+                f"read-out 'classifier' needs the classifier head (llm.name=classifier); this model's "
+                f"head is {self.cfg.llm.name!r}, so use 'score' or 'generate'"
+            )
+        scores = self.score_batch(batch, features).float().cpu()
+        return [
+            Prediction(label=classes[int(row.argmax())], scores=dict(zip(classes, row.tolist(), strict=True)))
+            for row in scores
+        ]
+
+    # -- raw inputs -----------------------------------------------------
+    @torch.no_grad()
+    def classify(
+        self,
+        inputs: Any,
+        labels: Sequence[str] | None = None,
+        mode: str = "score",
+        question: str | None = None,
+        num_frames: int = 8,
+        batch_size: int = 16,
+        max_new_tokens: int = 8,
+    ) -> list[Prediction]:
+        """Predicts the expression of images and videos.
+
+        Args:
+            inputs: one input or a list of them: PIL images, image or video
+                paths, ``[3,H,W]`` image tensors or ``[T,3,H,W]`` video tensors
+                (raw RGB, uint8 0-255 or float 0-1; the model's transforms run on them).
+            labels: candidate labels; the model's classes by default.
+            mode: ``"score"``, ``"generate"`` or ``"classifier"``.
+            question: the instruction; FERID's category question by default.
+            num_frames: frames sampled uniformly from each video file.
+            batch_size: inputs per forward pass.
+            max_new_tokens: generation budget in ``generate`` mode.
+        """
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        labels = list(labels) if labels is not None else self.classes
+        clips = [_frames_of(x, num_frames) for x in items]
+        enc_tf, prior_tf = self.transforms(False)
+        was_training = self.training
+        self.eval()
+        try:
+            preds: list[Prediction | None] = [None] * len(items)
+            for length in sorted({len(c) for c in clips}):
+                idx = [i for i, c in enumerate(clips) if len(c) == length]
+                for start in range(0, len(idx), batch_size):
+                    chunk = idx[start : start + batch_size]
+                    batch = {
+                        "ids": [str(i) for i in chunk],
+                        "pixels": torch.stack([torch.stack([enc_tf(f) for f in clips[i]]) for i in chunk]),
+                        "questions": [question or default_question(labels, video=length > 1)] * len(chunk),
+                        "classes": labels,
+                    }
+                    if prior_tf is not None:
+                        batch["face_pixels"] = torch.stack(
+                            [torch.stack([prior_tf(f) for f in clips[i]]) for i in chunk]
+                        )
+                    for i, pred in zip(
+                        chunk, self.predict_batch(batch, mode, max_new_tokens=max_new_tokens), strict=True
+                    ):
+                        preds[i] = pred
+        finally:
+            self.train(was_training)
+        return preds  # type: ignore[return-value]
+
+    # -- persistence ----------------------------------------------------
+    def _source_keys(self) -> set[str]:
+        """State-dict keys restored from named pretrained sources or saved as adapters, not in the weights file."""
+        keys: set[str] = set()
+        for name in ("encoder", "face_prior", "llm"):
+            part = getattr(self, name)
+            if part is None:
+                continue
+            if getattr(part, "pretrained_source", None):
+                keys |= {f"{name}.{k}" for k, p in part.named_parameters() if not p.requires_grad}
+            if hasattr(part, "adapter_keys"):
+                keys |= {f"{name}.{k}" for k in part.adapter_keys()}
+        return keys
+
+    def save_pretrained(self, directory: str | os.PathLike[str], include_pretrained: bool = False) -> None:
+        """Writes ``config.yaml``, ``model.safetensors`` and (with LoRA) the peft adapter to ``directory``.
+
+        Frozen weights of parts loaded from a named pretrained source (e.g. the
+        base LLM under LoRA) are not copied: ``from_pretrained`` reloads them
+        from that source. Pass ``include_pretrained=True`` to copy them too
+        (needed if such weights were trained and then frozen again).
+        """
+        from safetensors.torch import save_file
+
+        from emofer.config import save_config
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(
+            OmegaConf.create({"model": self.cfg, "custom_imports": self.custom_imports}),
+            directory / CONFIG_FILE,
+        )
+        skip = set() if include_pretrained else self._source_keys()
+        adapters = {f"llm.{k}" for k in getattr(self.llm, "adapter_keys", set)()}
+        tensors, aliases, seen = {}, {}, {}
+        for key, value in self.state_dict().items():
+            if key in skip or key in adapters:
+                continue
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if ptr in seen:  # tied weights are stored once
+                aliases[key] = seen[ptr]
+                continue
+            seen[ptr] = key
+            tensors[key] = value.detach().contiguous().cpu()
+        tmp = directory / f".{WEIGHTS_FILE}.tmp"
+        save_file(tensors, str(tmp), metadata={"aliases": json.dumps(aliases), "format": "emofer"})
+        os.replace(tmp, directory / WEIGHTS_FILE)
+        if adapters:
+            self.llm.save_adapter(directory / ADAPTER_DIR)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> EmoFERModel:
+        """Rebuilds a model written by :meth:`save_pretrained` (safetensors only, nothing unpickled)."""
+        from safetensors import safe_open
+
+        from emofer.config import load_config
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
+        model = build_model(load_config(directory / CONFIG_FILE))
+        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        tensors.update({alias: tensors[key] for alias, key in aliases.items()})
+        mismatch = f"{directory / WEIGHTS_FILE} does not match the model its config builds"
+        try:
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise RuntimeError(f"{mismatch}: {err}") from None
+        not_restored = sorted(set(missing) - model._source_keys())
+        if unexpected or not_restored:
+            raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
+        if (directory / ADAPTER_DIR).exists():
+            model.llm.load_adapter(directory / ADAPTER_DIR)
+        return model
+
+
+def _frames_of(item: Any, num_frames: int) -> list[Any]:
+    """An input as a list of PIL frames (one for an image)."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return [item.convert("RGB")]
+    if isinstance(item, torch.Tensor):
+        from torchvision.transforms.functional import to_pil_image
+
+        frames = item if item.dim() == 4 else item[None]
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"tensor inputs must be [3,H,W] or [T,3,H,W], got {tuple(item.shape)}")
+        return [to_pil_image(f) for f in frames]
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return _read_video(path, num_frames)
+        with Image.open(path) as image:
+            return [image.convert("RGB")]
+    raise TypeError(f"cannot classify a {type(item).__name__}; pass PIL images, paths or tensors")
+
+
+def _read_video(path: Path, num_frames: int) -> list[Any]:
+    """``num_frames`` frames sampled uniformly from a video file (PyAV)."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_image() for frame in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no video frames could be decoded")
+    picks = torch.linspace(0, len(frames) - 1, min(num_frames, len(frames))).round().long().tolist()
+    return [frames[i].convert("RGB") for i in picks]
+
+
+# -- assembly -----------------------------------------------------------
+def _model_node(cfg: Any) -> tuple[DictConfig, list[str]]:
+    from emofer.config import import_custom, validate
+
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if "model" in node:
+        imports = list(node.get("custom_imports") or [])
+        node = node.model
+    else:
+        imports = []
+    import_custom(imports)
+    full = validate({"model": OmegaConf.to_container(node, resolve=True)})
+    return full.model, imports
+
+
+def _llm_overrides(cfg: DictConfig) -> dict[str, Any]:
+    builder = LLM_HEADS.get(cfg.llm.name)
+    names, _, _ = accepted_arguments(builder)
+    overrides: dict[str, Any] = {}
+    for key, value in (("template", cfg.prompt.template), ("system", cfg.prompt.system)):
+        if key in cfg.llm:
+            raise WiringError(f"set the prompt {key} with model.prompt.{key}, not model.llm.{key}")
+        if key in names:
+            overrides[key] = value
+    if "classes" in names and "classes" not in cfg.llm:
+        overrides["classes"] = list(cfg.classes)
+    return overrides
+
+
+def _prior_spec(prior: Any) -> PriorSpec | None:
+    if prior is None:
+        return None
+    return PriorSpec(
+        global_dim=prior.global_dim,
+        local_dim=prior.local_dim,
+        num_local=prior.num_local,
+        num_task_tokens=getattr(prior, "num_task_tokens", 0),
+        task_token_dim=getattr(prior, "task_token_dim", 0),
+    )
+
+
+def _probe_width(fusion: nn.Module, spec: FusionSpec) -> int:
+    """The width of the fusion's output tokens, from a forward on meta tensors (shapes only, no compute)."""
+    import itertools
+
+    weight = next((p for p in fusion.parameters() if p.is_floating_point()), None)
+    dtype = weight.dtype if weight is not None else torch.float32
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=dtype, device="meta")
+
+    priors = None
+    if spec.prior is not None:
+        p = spec.prior
+        priors = FacePriors(
+            global_feat=meta(1, p.global_dim),
+            local_feat=meta(1, p.num_local, p.local_dim),
+            landmarks=meta(1, p.num_local, 2),
+            task_tokens=meta(1, p.num_task_tokens, p.task_token_dim) if p.num_task_tokens else None,
+        )
+    text = None
+    if spec.text_dim is not None:
+        text = (meta(1, 4, spec.text_dim), torch.ones(1, 4, dtype=torch.bool, device="meta"))
+    state = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in itertools.chain(fusion.named_parameters(), fusion.named_buffers())
+    }
+    visual = meta(1, spec.num_visual_tokens, spec.visual_dim)
+    return int(torch.func.functional_call(fusion, state, (visual, priors, text)).shape[-1])
+
+
+def build_model(cfg: Any) -> EmoFERModel:
+    """Builds an :class:`EmoFERModel` from an experiment config or its ``model`` node.
+
+    Parts are built in order (encoder, face prior, LLM head, fusion wired from
+    their dims, temporal step); parts in ``freeze`` are frozen.
+
+    Raises:
+        WiringError: two parts cannot be connected; the message names both.
+    """
+    cfg, imports = _model_node(cfg)
+    names = {k: cfg[k].name for k in PARTS}
+    encoder = ENCODERS.build(cfg.encoder)
+    prior = FACE_PRIORS.build(cfg.face_prior)
+    llm = LLM_HEADS.build(cfg.llm, **_llm_overrides(cfg))
+    if cfg.prompt.agr_source not in ("predicted", "ground_truth"):
+        raise WiringError(
+            f"prompt.agr_source must be 'predicted' or 'ground_truth', got {cfg.prompt.agr_source!r}"
+        )
+    if cfg.prompt.agr and cfg.prompt.agr_source == "predicted":
+        if prior is None:
+            raise WiringError(
+                "prompt.agr is on with agr_source 'predicted', but face_prior is 'none': the age-gender-race "
+                "sentence needs a face prior's predictions (set model.face_prior, or prompt.agr_source=ground_truth)"
+            )
+        lacking = [k for k in ("age", "gender", "race") if k not in prior.attribute_labels]
+        if lacking:
+            raise WiringError(
+                f"prompt.agr needs age, gender and race; face prior {names['face_prior']!r} lacks {lacking}"
+            )
+    fusion_cls = FUSIONS.get(names["fusion"])
+    if getattr(fusion_cls, "requires_prior", False) and prior is None:
+        raise WiringError(
+            f"fusion {names['fusion']!r} needs a face prior, but face_prior is 'none'; "
+            "set model.face_prior or choose a fusion without one"
+        )
+    spec = FusionSpec(
+        visual_dim=encoder.embed_dim,
+        num_visual_tokens=encoder.num_tokens,
+        out_dim=llm.hidden_size,
+        prior=_prior_spec(prior),
+        text_dim=llm.text_dim,
+        encoder_name=names["encoder"],
+        prior_name=names["face_prior"],
+        llm_name=names["llm"],
+    )
+    try:
+        fusion = FUSIONS.build(cfg.fusion, spec=spec)
+    except ValueError as err:
+        raise WiringError(
+            f"fusion {names['fusion']!r} cannot be wired to encoder {names['encoder']!r} "
+            f"(embed_dim {encoder.embed_dim}, {encoder.num_tokens} tokens), face prior {names['face_prior']!r} "
+            f"and LLM head {names['llm']!r} (hidden_size {llm.hidden_size}): {err}"
+        ) from err
+    width = _probe_width(fusion, spec)
+    if width != llm.hidden_size:
+        raise WiringError(
+            f"fusion {names['fusion']!r} outputs tokens of width {width}, but LLM head {names['llm']!r} "
+            f"reads width {llm.hidden_size}"
+        )
+    temporal = build_temporal(cfg.temporal, llm.hidden_size)
+    model = EmoFERModel(cfg, encoder, prior, fusion, temporal, llm, imports)
+    unknown = sorted(set(cfg.freeze) - set(PARTS))
+    if unknown:
+        raise WiringError(f"freeze lists unknown part(s) {unknown}; parts are {list(PARTS)}")
+    for name, part in model.parts().items():
+        if name in cfg.freeze:
+            part.requires_grad_(False)
+    return model.train()
