@@ -20,23 +20,30 @@ class DataError(ValueError):
 
 
 class BadSampleError(DataError):
-    """One sample cannot be loaded: a missing, corrupt or truncated image or video."""
+    """One sample cannot be loaded: a missing, corrupt or truncated image or video.
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    Built as ``BadSampleError(path, reason)``; a single argument is taken as
+    the whole message (so the error survives DataLoader workers re-raising it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(self.path if reason is None else f"{self.path}: {reason}")
 
 
 class AnnotationError(DataError):
-    """A malformed annotation line, or a label that is unknown or out of range."""
+    """A malformed annotation line, or a label that is unknown or out of range.
 
-    def __init__(self, path: str | os.PathLike[str], line: int | None, reason: str) -> None:
+    Built as ``AnnotationError(path, line, reason)``; a single argument is the whole message.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None = None, reason: str | None = None) -> None:
         self.path = str(path)
         self.line = line
         self.reason = reason
         where = f"{self.path}, line {line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
+        super().__init__(where if reason is None else f"{where}: {reason}")
 
 
 def check_policy(on_bad_sample: str) -> str:

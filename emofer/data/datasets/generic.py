@@ -59,6 +59,7 @@ class CSVDataset(RecordDataset):
         base = Path(root).expanduser() if root is not None else path.parent
         skips = SkipLog(f"csv {path.name}", on_bad_sample)
         rows: list[tuple[int, str, str, str]] = []
+        tokens: list[str] = []
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             need = [path_column, label_column] + ([split_column] if split is not None else []) + (
@@ -72,6 +73,7 @@ class CSVDataset(RecordDataset):
                 if None in row or any(row.get(c) is None for c in need):
                     skips.bad(AnnotationError(path, line, "wrong number of fields"))
                     continue
+                tokens.append(row[label_column].strip())
                 if split is not None and row[split_column] != split:
                     continue
                 media = row[path_column].strip()
@@ -79,10 +81,10 @@ class CSVDataset(RecordDataset):
                     skips.bad(AnnotationError(path, line, f"empty {path_column!r}"))
                     continue
                 rows.append((line, media, row[label_column].strip(), row[id_column] if id_column else media))
-        if classes is None:
-            if any(t.lstrip("-").isdigit() for _, _, t, _ in rows):
+        if classes is None:  # inferred from every split, so all splits of one file share the class list
+            if any(t.lstrip("-").isdigit() for t in tokens):
                 raise DataError(f"{path}: integer labels need classes=[...] (names in index order)")
-            seen = {canonical_name(t) for _, _, t, _ in rows}
+            seen = {canonical_name(t) for t in tokens}
             classes = [c for c in CANONICAL if c in seen]
         records = []
         index = {c: i for i, c in enumerate(canonical_classes(classes))}

@@ -1,0 +1,135 @@
+"""Training batches over a weighted mixture of data sets: one group per batch, optional class balance.
+
+A batch must hold samples that share the candidate classes and the number of
+frames (the Batch contract), so data sets are grouped by (classes, clip or
+image) and every batch comes from one group. Which group, and which samples
+inside it, follow the mixture weights and, when asked, inverse class
+frequency. Without weights or balancing, each group is shuffled and walked
+through without replacement, like an ordinary epoch.
+
+The sampler yields *lists* of indices and is handed to the ``DataLoader`` as
+its ``sampler`` (with ``batch_size=None``), so under DDP Lightning's
+``DistributedSamplerWrapper`` gives each rank every world-size-th batch of
+the same sequence: no ``use_distributed_sampler=False`` needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices, each batch from one group, drawn by weight.
+
+    Args:
+        groups: the group id of every sample of the concatenated data set.
+        batch_size: samples per batch.
+        weights: per-sample sampling weight (mixture weight over data-set size,
+            times inverse class frequency when balancing); None for plain shuffling.
+        num_batches: batches per epoch (default: samples // batch_size, at least 1).
+        seed: with the epoch, fixes the order (:meth:`set_epoch`; otherwise each
+            pass over the sampler counts as the next epoch).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        weights: Sequence[float] | None = None,
+        num_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.groups = np.asarray(groups, dtype=np.int64)
+        if self.groups.size == 0:
+            raise ValueError("cannot sample batches from an empty data set")
+        self.batch_size = batch_size
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (self.weights.shape != self.groups.shape or (self.weights < 0).any()):
+            raise ValueError("weights must be one non-negative number per sample")
+        self.num_batches = num_batches or max(1, len(self.groups) // batch_size)
+        self.seed = seed
+        self.epoch = 0
+        self._members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fixes the epoch the next pass draws for (Lightning calls this each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        if self.weights is None:
+            mass = np.array([len(m) for m in self._members], dtype=np.float64)
+        else:
+            mass = np.array([self.weights[m].sum() for m in self._members])
+        if mass.sum() <= 0:
+            raise ValueError("all sampling weights are zero")
+        streams: list[list[int]] = [[] for _ in self._members]
+        for g in rng.choice(len(self._members), size=self.num_batches, p=mass / mass.sum()):
+            members = self._members[g]
+            if self.weights is None:
+                while len(streams[g]) < self.batch_size:  # walk a fresh permutation when one runs out
+                    streams[g] += rng.permutation(members).tolist()
+                batch, streams[g] = streams[g][: self.batch_size], streams[g][self.batch_size :]
+            else:
+                w = self.weights[members]
+                batch = rng.choice(members, size=self.batch_size, p=w / w.sum()).tolist()
+            yield batch
+
+
+class BatchView(Dataset):
+    """A data set indexed by lists of indices (what :class:`GroupedBatchSampler` yields)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices: list[int]) -> list:
+        return [self.dataset[i] for i in indices]
+
+
+def mixture_weights(
+    sizes: Sequence[int],
+    dataset_weights: Sequence[float] | None = None,
+    labels: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray | None:
+    """Per-sample weights of a concatenation of data sets; None when plain shuffling draws the same.
+
+    Args:
+        sizes: samples per data set.
+        dataset_weights: the share of draws each data set gets (None: in proportion to its size).
+        labels: each data set's labels, to balance its classes (None: no balancing; -1 is unlabelled).
+    """
+    share = [float(n) for n in sizes] if dataset_weights is None else [float(w) for w in dataset_weights]
+    if any(w < 0 for w in share):
+        raise ValueError(f"mixture weights must not be negative, got {share}")
+    per_sample = [w / n if n else 0.0 for w, n in zip(share, sizes, strict=True)]
+    if labels is None and len(set(per_sample)) <= 1:
+        return None
+    parts = []
+    for d, n in enumerate(sizes):
+        w = np.full(n, per_sample[d])
+        if labels is not None:
+            w = w * _balance(np.asarray(labels[d], dtype=np.int64))
+        parts.append(w)
+    return np.concatenate(parts)
+
+
+def _balance(labels: np.ndarray) -> np.ndarray:
+    """Inverse class frequency, scaled to keep the data set's total weight (unlabelled samples keep 1)."""
+    out = np.ones(len(labels))
+    valid = labels >= 0
+    if valid.any():
+        inv = 1.0 / np.bincount(labels[valid])[labels[valid]]
+        out[valid] = inv * valid.sum() / inv.sum()
+    return out
