@@ -29,26 +29,30 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from emofer._wiring import (
+    PARTS,
+    WiringError,
+    build_fusion,
+    check_agr,
+    check_freeze,
+    fusion_spec,
+    llm_overrides,
+    model_node,
+)
 from emofer.encoders import ENCODERS, FACE_PRIORS
 from emofer.encoders.base import FacePriors
-from emofer.fusion import FUSIONS
-from emofer.fusion.base import FusionSpec, PriorSpec
 from emofer.fusion.temporal import build_temporal
 from emofer.llm import LLM_HEADS
 from emofer.llm.agr import ATTRIBUTE_LABELS, agr_sentences
+from emofer.llm.classifier import ClassifierHead
 from emofer.llm.parsing import invalid_rate, parse_label
-from emofer.registry import accepted_arguments
 
 log = logging.getLogger(__name__)
 
-PARTS = ("encoder", "face_prior", "fusion", "llm")
+__all__ = ["EmoFERModel", "Features", "Prediction", "WiringError", "build_model"]
+
 MODES = ("score", "generate", "classifier")
 CONFIG_FILE, WEIGHTS_FILE, ADAPTER_DIR = "config.yaml", "model.safetensors", "adapter"
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-class WiringError(ValueError):
-    """Two parts of a model that cannot be connected (dims, a missing prior, ...)."""
 
 
 @dataclass
@@ -71,15 +75,6 @@ class Prediction:
     label: str | None
     scores: dict[str, float] = field(default_factory=dict)
     text: str = ""
-
-
-def default_question(classes: Sequence[str], video: bool = False) -> str:
-    """EMO-LLaMA's FERID category instruction listing ``classes`` as the options."""
-    media = "video" if video else "image"
-    return (
-        f"What is the facial expression of the person in the {media}? "
-        f"Choose one from the following options: {{{', '.join(classes)}}}."
-    )
 
 
 def _frozen(module: nn.Module) -> bool:
@@ -246,7 +241,7 @@ class EmoFERModel(nn.Module):
             labels = [parse_label(t, classes) for t in texts]
             log.debug("generate: %d answers, invalid rate %.3f", len(labels), invalid_rate(labels))
             return [Prediction(label=lab, text=t) for lab, t in zip(labels, texts, strict=True)]
-        if mode == "classifier" and self.cfg.llm.name != "classifier":
+        if mode == "classifier" and not isinstance(self.llm, ClassifierHead):
             raise ValueError(
                 f"read-out 'classifier' needs the classifier head (llm.name=classifier); this model's "
                 f"head is {self.cfg.llm.name!r}, so use 'score' or 'generate'"
@@ -282,6 +277,8 @@ class EmoFERModel(nn.Module):
             batch_size: inputs per forward pass.
             max_new_tokens: generation budget in ``generate`` mode.
         """
+        from emofer.data.instructions import category_question
+
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         labels = list(labels) if labels is not None else self.classes
         clips = [_frames_of(x, num_frames) for x in items]
@@ -297,7 +294,7 @@ class EmoFERModel(nn.Module):
                     batch = {
                         "ids": [str(i) for i in chunk],
                         "pixels": torch.stack([torch.stack([enc_tf(f) for f in clips[i]]) for i in chunk]),
-                        "questions": [question or default_question(labels, video=length > 1)] * len(chunk),
+                        "questions": [question or category_question(labels, video=length > 1)] * len(chunk),
                         "classes": labels,
                     }
                     if prior_tf is not None:
@@ -391,11 +388,14 @@ class EmoFERModel(nn.Module):
 
 
 def _frames_of(item: Any, num_frames: int) -> list[Any]:
-    """An input as a list of PIL frames (one for an image)."""
+    """An input as a list of RGB PIL frames (one for an image)."""
     from PIL import Image
 
+    from emofer.data.media import is_video_file, load_image, to_rgb
+    from emofer.data.video import read_video
+
     if isinstance(item, Image.Image):
-        return [item.convert("RGB")]
+        return [to_rgb(item)]
     if isinstance(item, torch.Tensor):
         from torchvision.transforms.functional import to_pil_image
 
@@ -404,95 +404,8 @@ def _frames_of(item: Any, num_frames: int) -> list[Any]:
             raise ValueError(f"tensor inputs must be [3,H,W] or [T,3,H,W], got {tuple(item.shape)}")
         return [to_pil_image(f) for f in frames]
     if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            return _read_video(path, num_frames)
-        with Image.open(path) as image:
-            return [image.convert("RGB")]
+        return read_video(item, num_frames) if is_video_file(item) else [load_image(item)]
     raise TypeError(f"cannot classify a {type(item).__name__}; pass PIL images, paths or tensors")
-
-
-def _read_video(path: Path, num_frames: int) -> list[Any]:
-    """``num_frames`` frames sampled uniformly from a video file (PyAV)."""
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [frame.to_image() for frame in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path}: no video frames could be decoded")
-    picks = torch.linspace(0, len(frames) - 1, min(num_frames, len(frames))).round().long().tolist()
-    return [frames[i].convert("RGB") for i in picks]
-
-
-# -- assembly -----------------------------------------------------------
-def _model_node(cfg: Any) -> tuple[DictConfig, list[str]]:
-    from emofer.config import import_custom, validate
-
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    if "model" in node:
-        imports = list(node.get("custom_imports") or [])
-        node = node.model
-    else:
-        imports = []
-    import_custom(imports)
-    full = validate({"model": OmegaConf.to_container(node, resolve=True)})
-    return full.model, imports
-
-
-def _llm_overrides(cfg: DictConfig) -> dict[str, Any]:
-    builder = LLM_HEADS.get(cfg.llm.name)
-    names, _, _ = accepted_arguments(builder)
-    overrides: dict[str, Any] = {}
-    for key, value in (("template", cfg.prompt.template), ("system", cfg.prompt.system)):
-        if key in cfg.llm:
-            raise WiringError(f"set the prompt {key} with model.prompt.{key}, not model.llm.{key}")
-        if key in names:
-            overrides[key] = value
-    if "classes" in names and "classes" not in cfg.llm:
-        overrides["classes"] = list(cfg.classes)
-    return overrides
-
-
-def _prior_spec(prior: Any) -> PriorSpec | None:
-    if prior is None:
-        return None
-    return PriorSpec(
-        global_dim=prior.global_dim,
-        local_dim=prior.local_dim,
-        num_local=prior.num_local,
-        num_task_tokens=getattr(prior, "num_task_tokens", 0),
-        task_token_dim=getattr(prior, "task_token_dim", 0),
-    )
-
-
-def _probe_width(fusion: nn.Module, spec: FusionSpec) -> int:
-    """The width of the fusion's output tokens, from a forward on meta tensors (shapes only, no compute)."""
-    import itertools
-
-    weight = next((p for p in fusion.parameters() if p.is_floating_point()), None)
-    dtype = weight.dtype if weight is not None else torch.float32
-
-    def meta(*shape: int) -> torch.Tensor:
-        return torch.zeros(*shape, dtype=dtype, device="meta")
-
-    priors = None
-    if spec.prior is not None:
-        p = spec.prior
-        priors = FacePriors(
-            global_feat=meta(1, p.global_dim),
-            local_feat=meta(1, p.num_local, p.local_dim),
-            landmarks=meta(1, p.num_local, 2),
-            task_tokens=meta(1, p.num_task_tokens, p.task_token_dim) if p.num_task_tokens else None,
-        )
-    text = None
-    if spec.text_dim is not None:
-        text = (meta(1, 4, spec.text_dim), torch.ones(1, 4, dtype=torch.bool, device="meta"))
-    state = {
-        k: torch.empty_like(v, device="meta")
-        for k, v in itertools.chain(fusion.named_parameters(), fusion.named_buffers())
-    }
-    visual = meta(1, spec.num_visual_tokens, spec.visual_dim)
-    return int(torch.func.functional_call(fusion, state, (visual, priors, text)).shape[-1])
 
 
 def build_model(cfg: Any) -> EmoFERModel:
@@ -504,61 +417,15 @@ def build_model(cfg: Any) -> EmoFERModel:
     Raises:
         WiringError: two parts cannot be connected; the message names both.
     """
-    cfg, imports = _model_node(cfg)
-    names = {k: cfg[k].name for k in PARTS}
+    cfg, imports = model_node(cfg)
+    check_freeze(cfg.freeze)
     encoder = ENCODERS.build(cfg.encoder)
     prior = FACE_PRIORS.build(cfg.face_prior)
-    llm = LLM_HEADS.build(cfg.llm, **_llm_overrides(cfg))
-    if cfg.prompt.agr_source not in ("predicted", "ground_truth"):
-        raise WiringError(
-            f"prompt.agr_source must be 'predicted' or 'ground_truth', got {cfg.prompt.agr_source!r}"
-        )
-    if cfg.prompt.agr and cfg.prompt.agr_source == "predicted":
-        if prior is None:
-            raise WiringError(
-                "prompt.agr is on with agr_source 'predicted', but face_prior is 'none': the age-gender-race "
-                "sentence needs a face prior's predictions (set model.face_prior, or prompt.agr_source=ground_truth)"
-            )
-        lacking = [k for k in ("age", "gender", "race") if k not in prior.attribute_labels]
-        if lacking:
-            raise WiringError(
-                f"prompt.agr needs age, gender and race; face prior {names['face_prior']!r} lacks {lacking}"
-            )
-    fusion_cls = FUSIONS.get(names["fusion"])
-    if getattr(fusion_cls, "requires_prior", False) and prior is None:
-        raise WiringError(
-            f"fusion {names['fusion']!r} needs a face prior, but face_prior is 'none'; "
-            "set model.face_prior or choose a fusion without one"
-        )
-    spec = FusionSpec(
-        visual_dim=encoder.embed_dim,
-        num_visual_tokens=encoder.num_tokens,
-        out_dim=llm.hidden_size,
-        prior=_prior_spec(prior),
-        text_dim=llm.text_dim,
-        encoder_name=names["encoder"],
-        prior_name=names["face_prior"],
-        llm_name=names["llm"],
-    )
-    try:
-        fusion = FUSIONS.build(cfg.fusion, spec=spec)
-    except ValueError as err:
-        raise WiringError(
-            f"fusion {names['fusion']!r} cannot be wired to encoder {names['encoder']!r} "
-            f"(embed_dim {encoder.embed_dim}, {encoder.num_tokens} tokens), face prior {names['face_prior']!r} "
-            f"and LLM head {names['llm']!r} (hidden_size {llm.hidden_size}): {err}"
-        ) from err
-    width = _probe_width(fusion, spec)
-    if width != llm.hidden_size:
-        raise WiringError(
-            f"fusion {names['fusion']!r} outputs tokens of width {width}, but LLM head {names['llm']!r} "
-            f"reads width {llm.hidden_size}"
-        )
+    llm = LLM_HEADS.build(cfg.llm, **llm_overrides(cfg))
+    check_agr(cfg, prior)
+    fusion = build_fusion(cfg, fusion_spec(cfg, encoder, prior, llm))
     temporal = build_temporal(cfg.temporal, llm.hidden_size)
     model = EmoFERModel(cfg, encoder, prior, fusion, temporal, llm, imports)
-    unknown = sorted(set(cfg.freeze) - set(PARTS))
-    if unknown:
-        raise WiringError(f"freeze lists unknown part(s) {unknown}; parts are {list(PARTS)}")
     for name, part in model.parts().items():
         if name in cfg.freeze:
             part.requires_grad_(False)

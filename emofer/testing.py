@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from emofer.data.instructions import category_question
 from emofer.labels import CANONICAL, FERID7
 from emofer.llm.agr import AGE_LABELS, agr_sentences
 from emofer.llm.parsing import ALIASES
@@ -85,12 +86,7 @@ _CUES = (
 
 def tiny_corpus() -> list[str]:
     """The text the tiny tokenizer is trained on (deterministic)."""
-    options = ", ".join(FERID7)
-    questions = [
-        f"What is the facial expression of the person in the {media}? "
-        f"Choose one from the following options: {{{options}}}."
-        for media in ("image", "video")
-    ]
+    questions = [category_question(FERID7, video=video) for video in (False, True)]
     agr = agr_sentences(
         {
             "age": torch.arange(len(AGE_LABELS)),
