@@ -30,7 +30,6 @@ TINY_LLM = {
 }
 
 
-@FACE_PRIORS.register("test-attribute-prior", force=True)
 class AttributePrior(FacePrior):
     """Test-only prior: attribute logits read off the pixels (channel 0 votes age 20-29, channel 1 votes 50-59)."""
 
@@ -60,7 +59,6 @@ class AttributePrior(FacePrior):
         return lambda image: F.to_tensor(image.resize((self.image_size, self.image_size)))
 
 
-@FUSIONS.register("test-fixed-width", force=True)
 class FixedWidth(Fusion):
     """Test-only fusion that ignores ``spec.out_dim`` (always 7 wide)."""
 
@@ -71,6 +69,17 @@ class FixedWidth(Fusion):
 
     def forward(self, visual, priors=None, text=None):
         return self.proj(visual)
+
+
+@pytest.fixture
+def test_parts():
+    """Registers the test-only prior and fusion for one test (at run time, so no other module's
+    collection-time parametrization over the registries sees them) and removes them after."""
+    FACE_PRIORS.add("test-attribute-prior", AttributePrior, force=True)
+    FUSIONS.add("test-fixed-width", FixedWidth, force=True)
+    yield
+    FACE_PRIORS._entries.pop("test-attribute-prior", None)
+    FUSIONS._entries.pop("test-fixed-width", None)
 
 
 def config(
@@ -249,7 +258,7 @@ def test_agr_sentence_from_ground_truth_attributes() -> None:
         model.encode(batch)
 
 
-def test_agr_sentence_from_the_prior_averages_frames() -> None:
+def test_agr_sentence_from_the_prior_averages_frames(test_parts) -> None:
     model = build_model(config(face_prior={"name": "test-attribute-prior"}, prompt={"agr": True}))
     batch = make_batch(size=1, frames=2, face=True)
     face = torch.zeros(1, 2, 3, 16, 16)
@@ -264,7 +273,7 @@ def test_agr_sentence_from_the_prior_averages_frames() -> None:
 
 
 # -- wiring errors --------------------------------------------------------------
-def test_wiring_errors_name_both_parts() -> None:
+def test_wiring_errors_name_both_parts(test_parts) -> None:
     with pytest.raises(
         WiringError, match=r"fusion 'face-info-mining' needs a face prior, but face_prior is 'none'"
     ):
