@@ -4,7 +4,10 @@ A grid file has a ``base`` (a preset name, a config path or an inline
 config), optional ``overrides`` applied to every run, and ``grid`` (dotted
 keys to lists of values; their cartesian product) and/or ``runs`` (an
 explicit list of ``{id, preset, overrides}``). When both are given, every
-explicit run is crossed with every grid point.
+explicit run is crossed with every grid point. An optional
+``pretrain: {face_prior: {...}}`` pretrains a face prior first (see
+:func:`emofer.pretrain.pretrain_face_prior`, cached) and hands its weights
+to every run whose ``model.face_prior`` is that prior.
 
 .. code-block:: yaml
 
@@ -89,23 +92,34 @@ class RunSpec:
 
 @dataclass
 class Grid:
-    """A parsed grid file: a name and its expanded runs."""
+    """A parsed grid file: a name, its expanded runs and an optional pretraining stage."""
 
     name: str
     runs: list[RunSpec]
+    pretrain: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Grid:
         """Reads a grid YAML file (or an already-parsed mapping) and expands it."""
         if isinstance(path_or_mapping, Mapping):
-            return cls(str(path_or_mapping.get("name", "grid")), expand(path_or_mapping))
+            raw = dict(path_or_mapping)
+            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw))
         path = Path(path_or_mapping)
         if not path.exists():
             raise ConfigError(f"grid file {str(path)!r} does not exist")
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a grid file must be a mapping")
-        return cls(str(raw.get("name", path.stem)), expand(raw, root=path.parent))
+        return cls(str(raw.get("name", path.stem)), expand(raw, root=path.parent), _pretrain(raw))
+
+
+def _pretrain(raw: Mapping[str, Any]) -> dict[str, Any]:
+    stages = raw.get("pretrain") or {}
+    if not isinstance(stages, Mapping) or set(stages) - {"face_prior"}:
+        raise ConfigError(
+            "'pretrain:' may hold 'face_prior:' (the arguments of emofer.pretrain.pretrain_face_prior)"
+        )
+    return dict(stages)
 
 
 def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,9 +180,11 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
         raw: the parsed grid file.
         root: folder that relative config paths in it are relative to.
     """
-    unknown = set(raw) - {"name", "base", "overrides", "grid", "runs"}
+    unknown = set(raw) - {"name", "base", "overrides", "grid", "runs", "pretrain"}
     if unknown:
-        raise ConfigError(f"unknown grid key(s) {sorted(unknown)}; valid: name, base, overrides, grid, runs")
+        raise ConfigError(
+            f"unknown grid key(s) {sorted(unknown)}; valid: name, base, overrides, grid, runs, pretrain"
+        )
     base = _resolve_base(raw.get("base"), root)
     common = _overrides(raw.get("overrides"), "overrides")
     axes = raw.get("grid") or {}
@@ -283,10 +299,13 @@ def run_grid(
     out = Path(out)
     results: list[RunResult] = []
     with _grid_lock(out):
+        pretrained = _pretrained_prior(grid)
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
             try:
                 cfg = spec.config()
+                if pretrained is not None:
+                    cfg = pretrained(cfg)
                 if prepare is not None:
                     cfg = prepare(cfg)
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
@@ -301,6 +320,17 @@ def run_grid(
             write_results(results, out, charts=False)
         write_results(results, out, charts=True)
     return results
+
+
+def _pretrained_prior(grid: Grid) -> Callable[[DictConfig], DictConfig] | None:
+    """Runs the grid's face-prior pretraining (or finds it cached); returns what hands it to runs."""
+    if "face_prior" not in grid.pretrain:
+        return None
+    from emofer.pretrain import pretrain_face_prior, use_pretrained_prior
+
+    recipe = dict(grid.pretrain["face_prior"])
+    weights = pretrain_face_prior(**recipe)
+    return lambda cfg: use_pretrained_prior(cfg, recipe["prior"], weights)
 
 
 def _failed(

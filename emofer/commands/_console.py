@@ -1,0 +1,52 @@
+"""What the run commands show: rich tables of metrics and grid results."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from emofer.metrics import SCALARS
+
+LABELS = {"uar": "UAR", "war": "WAR", "macro_f1": "macro F1", "invalid_rate": "invalid"}
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes a multi-process strategy starts (they re-run the command)."""
+    return all(int(os.environ.get(k, "0")) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
+    """The scalar metrics and per-class recall of one evaluation."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in SCALARS:
+        table.add_row(LABELS[key], f"{metrics[key]:.4f}")
+    for name, value in (metrics.get("recall") or {}).items():
+        table.add_row(f"recall {name}", "-" if value is None else f"{value:.4f}")
+    table.add_row("samples", str(metrics.get("num_samples", "")))
+    return table
+
+
+def results_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """One row per grid run (the rows of ``results.csv``)."""
+    table = Table(title=title)
+    table.add_column("run")
+    for key in SCALARS:
+        table.add_column(LABELS[key], justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("status")
+    for row in rows:
+        cells = ["" if row.get(k) is None else f"{row[k]:.4f}" for k in SCALARS]
+        seconds = "" if row.get("seconds") is None else f"{row['seconds']:.0f}"
+        status = row["status"] + (f": {row['error'][:60]}" if row.get("error") else "")
+        table.add_row(row["run"], *cells, seconds, status)
+    return table
+
+
+def console() -> Console:
+    return Console()

@@ -1,0 +1,48 @@
+"""``emofer grid GRID.yaml``: run an ablation grid (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "grid"
+HELP = "run an ablation grid: every run in its own folder, results.csv/md and charts; resumable"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="grid YAML file, or the name of a shipped grid (e.g. quickstart)")
+    parser.add_argument("--out", help="output folder (default: runs/<grid name>)")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+
+
+def resolve_grid(name: str) -> Path:
+    """A grid file path, or the shipped ``emofer/configs/grids/<name>.yaml``."""
+    import emofer
+    from emofer.config import PRESET_DIR
+
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = PRESET_DIR / "grids" / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in (PRESET_DIR / "grids").glob("*.yaml"))
+    raise emofer.ConfigError(f"no grid file {name!r}; shipped grids: {', '.join(known) or '(none)'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from emofer.commands._console import console, results_table
+    from emofer.grid import Grid, run_grid
+    from emofer.report import rows
+
+    grid = Grid.load(resolve_grid(args.grid))
+    out = Path(args.out) if args.out else Path("runs") / grid.name
+    con = console()
+
+    def announce(spec, index, total):
+        con.rule(f"[bold]run {index + 1}/{total}: {spec.id}")
+
+    results = run_grid(grid, out, retry_failed=args.retry_failed, on_run_start=announce)
+    con.print(results_table(rows(results), title=f"grid {grid.name}"))
+    con.print(f"results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}, {out / 'results.png'}")
+    return 0 if all(r.status == "done" for r in results) else 1

@@ -1,0 +1,357 @@
+"""One experiment end to end: build, train with Lightning, export, evaluate, write the results.
+
+What a run folder holds after :func:`train`:
+
+- ``config.yaml``: the resolved experiment config;
+- ``checkpoints/last.ckpt``: Lightning's checkpoint (``resume=True`` continues from it);
+- ``model/``: the trained model, :meth:`EmoFERModel.save_pretrained`;
+- ``metrics.json``: test metrics (see :func:`emofer.metrics.summarize`) plus run facts;
+- ``predictions.jsonl``: one line per test sample
+  ``{"id", "true", "pred", "scores", "text"}`` (``pred`` is null for an invalid answer);
+- ``logs/``: Lightning's CSV log of the training curves.
+
+Every result file is written atomically. Under a multi-process strategy
+(``ddp``, ``fsdp``, ``deepspeed``) every process trains and evaluates its share;
+the metrics are reduced across processes and only rank 0 writes.
+
+Example:
+    >>> cfg = emofer.load_config("emo-llama-tiny", ["train.max_steps=50"])  # doctest: +SKIP
+    >>> metrics = emofer.experiment.train(cfg, "runs/try")  # doctest: +SKIP
+    >>> metrics["uar"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+
+from emofer.config import atomic_write_text, save_config
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from emofer.cache import FeatureCache
+    from emofer.model import EmoFERModel
+    from emofer.system import EmoFERSystem
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR, MODEL_DIR = "checkpoints", "model"
+METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
+
+
+def default_cache_dir() -> Path:
+    """emofer's cache folder: ``$EMOFER_CACHE`` or ``~/.cache/emofer``."""
+    return Path(os.environ.get("EMOFER_CACHE") or Path.home() / ".cache" / "emofer")
+
+
+def _world_size(cfg: DictConfig) -> int:
+    """How many processes the run's trainer would use (an estimate made before Lightning starts)."""
+    devices = cfg.train.devices
+    if isinstance(devices, str) and devices not in ("auto", "-1"):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    if devices in ("auto", -1, "-1"):
+        gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpu else 1
+    count = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else int(devices)
+    return count * int(cfg.train.num_nodes)
+
+
+def launches_processes(cfg: DictConfig) -> bool:
+    """True when Lightning would start the run's processes itself (several, none launched by torchrun/SLURM)."""
+    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"))
+    return _world_size(cfg) > 1 and not external
+
+
+def build_system(
+    cfg: DictConfig,
+    model: EmoFERModel,
+    classes: Sequence[str] | None = None,
+    feature_cache: FeatureCache | None = None,
+) -> EmoFERSystem:
+    """The :class:`EmoFERSystem` a config describes, around an already built model."""
+    from omegaconf import OmegaConf
+
+    from emofer.system import EmoFERSystem
+
+    t = cfg.train
+    return EmoFERSystem(
+        model,
+        classes=classes,
+        lr=t.lr,
+        lr_groups=OmegaConf.to_container(t.lr_groups),
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        scheduler=t.scheduler,
+        max_steps=t.max_steps,
+        stages=OmegaConf.to_container(t.stages),
+        eval_mode=cfg.eval.mode,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        feature_cache=feature_cache,
+    )
+
+
+def build_trainer(
+    cfg: DictConfig, out: Path, progress: bool = True, max_steps: int | None = None
+) -> L.Trainer:
+    """A Lightning ``Trainer`` for the config's ``train`` section, checkpointing into ``out``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=out / CHECKPOINT_DIR,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=max(1, t.checkpoint_every),
+            save_on_train_epoch_end=False,
+        )
+    ]
+    if progress:
+        callbacks.append(RichProgressBar(leave=True))
+    has_val = bool(cfg.data.val)
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps if max_steps is None else max_steps,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        callbacks=callbacks,
+        logger=CSVLogger(out, name="logs", version=""),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+        limit_val_batches=None if has_val else 0,
+        val_check_interval=t.val_every if has_val and t.val_every else None,
+        check_val_every_n_epoch=None if has_val and t.val_every else 1,
+        default_root_dir=out,
+    )
+
+
+def build_datamodule(cfg: DictConfig, model: EmoFERModel, cached: bool) -> Any:
+    """The data module of a config, with the model's transforms.
+
+    With the feature cache on, the frozen parts get their deterministic
+    (evaluation) transform in training too, so a cached feature is the one
+    the part would compute.
+    """
+    from emofer.data import EmoFERDataModule
+
+    transforms = _EvalTransforms(model.transforms(False)) if cached else model.transforms
+    return EmoFERDataModule(cfg.data, transforms=transforms, seed=cfg.seed)
+
+
+class _EvalTransforms:
+    """``model.transforms`` that gives the evaluation pair in training too (picklable for workers)."""
+
+    def __init__(self, pair: tuple[Any, Any]) -> None:
+        self.pair = pair
+
+    def __call__(self, train: bool) -> tuple[Any, Any]:
+        return self.pair
+
+
+def _feature_cache(cfg: DictConfig, model: EmoFERModel) -> FeatureCache | None:
+    if not cfg.train.feature_cache:
+        return None
+    from emofer.cache import FEATURE_PARTS, FeatureCache
+
+    parts = model.parts()
+    trained = [p for p in FEATURE_PARTS if p in parts and any(q.requires_grad for q in parts[p].parameters())]
+    trained += [p for s in cfg.train.stages for p in s.get("train", []) if p in FEATURE_PARTS]
+    if trained:
+        log.warning("train.feature_cache is on but %s train: the cache is not used", sorted(set(trained)))
+        return None
+    root = Path(cfg.train.cache_dir) if cfg.train.cache_dir else default_cache_dir() / "features"
+    data = {k: cfg.data[k] for k in ("train", "val", "test", "num_frames", "face_crop")}
+    return FeatureCache.for_model(model, root, data=data, writer=f"p{os.getpid()}")
+
+
+def _eval_loader(loader: Any, trainer: L.Trainer) -> Any:
+    """The test loader, split across processes without repeating samples (so metrics equal one process)."""
+    if trainer.world_size <= 1:
+        return loader
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DataLoader
+
+    sampler = UnrepeatedDistributedSampler(
+        loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
+
+
+def export_model(model: EmoFERModel, directory: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then swapped in place (never half-written)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    model.save_pretrained(tmp)
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Writes ``metrics.json`` and ``predictions.jsonl`` atomically."""
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    atomic_write_text(out / PREDICTIONS_FILE, lines)
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+
+
+def _test(trainer: L.Trainer, system: EmoFERSystem, datamodule: Any) -> tuple[dict, list[dict]]:
+    """Evaluates every test set in turn; the first one's metrics lead, all are under ``per_dataset``."""
+    datamodule.setup("test")
+    start = time.perf_counter()
+    names, sets = datamodule.names("test"), datamodule.datasets["test"]
+    if not sets:
+        raise ValueError("data.test lists no data set to evaluate on")
+    per_dataset: dict[str, dict] = {}
+    records: list[dict] = []
+    for name, dataset, loader in zip(names, sets, datamodule.test_dataloader(), strict=True):
+        classes = getattr(dataset, "classes", None) or dataset[0]["classes"]
+        system.set_eval_classes(list(classes))
+        trainer.test(system, dataloaders=_eval_loader(loader, trainer), verbose=False)
+        assert system.test_results is not None
+        per_dataset[name] = system.test_results
+        records += [{"dataset": name, **r} for r in system.test_records]
+    metrics: dict[str, Any] = {**per_dataset[names[0]], "test_set": names[0]}
+    if len(per_dataset) > 1:
+        metrics["per_dataset"] = per_dataset
+    metrics.update(eval_mode=system.eval_mode, eval_seconds=time.perf_counter() - start)
+    return metrics, records
+
+
+def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, progress: bool = True) -> dict:
+    """Trains a config, exports the model, evaluates it on the test split and writes the run folder.
+
+    Args:
+        cfg: a resolved experiment config (:func:`emofer.load_config`).
+        out: the run folder.
+        resume: continue from ``out/checkpoints/last.ckpt`` when it exists.
+        progress: show Lightning's rich progress bar.
+
+    Returns:
+        The test metrics (as written to ``metrics.json``).
+    """
+    import lightning as L
+
+    from emofer.model import build_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg)
+    cache = _feature_cache(cfg, model)
+    datamodule = build_datamodule(cfg, model, cached=cache is not None)
+    system = build_system(cfg, model, feature_cache=cache)
+    trainer = build_trainer(cfg, out, progress)
+    last = out / CHECKPOINT_DIR / "last.ckpt"
+    ckpt = last if resume and last.exists() else None
+    if resume and ckpt is None:
+        log.warning("no checkpoint in %s: starting from scratch", last.parent)
+    if trainer.is_global_zero:
+        save_config(cfg, out / "config.yaml")
+    start = time.perf_counter()
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    train_seconds = time.perf_counter() - start
+    if trainer.is_global_zero:
+        export_model(model, out / MODEL_DIR)
+    metrics, records = _test(trainer, system, datamodule)
+    metrics.update(
+        run=cfg.name,
+        steps=trainer.global_step,
+        train_seconds=train_seconds,
+        world_size=trainer.world_size,
+    )
+    if cache is not None:
+        metrics["feature_cache"] = {"dir": str(cache.directory), "hits": cache.hits, "misses": cache.misses}
+    if trainer.is_global_zero:
+        write_outputs(out, metrics, records)
+    return metrics
+
+
+def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) -> EmoFERModel:
+    """A trained model from a ``save_pretrained`` folder, a run folder or a Lightning ``.ckpt``.
+
+    A ``.ckpt`` needs ``cfg`` (the run's config) to build the model it restores.
+    """
+    from emofer.model import EmoFERModel, build_model
+
+    path = Path(path)
+    if path.is_dir() and (path / MODEL_DIR / "config.yaml").exists():
+        path = path / MODEL_DIR
+    if path.is_dir():
+        return EmoFERModel.from_pretrained(path)
+    if path.suffix == ".ckpt":
+        if cfg is None:
+            raise ValueError(f"{path} is a Lightning checkpoint: pass the run's config to rebuild the model")
+        model = build_model(cfg)
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        prefix = "model."
+        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        return model
+    raise FileNotFoundError(f"{path} is neither a model folder, a run folder nor a .ckpt file")
+
+
+def evaluate(
+    cfg: DictConfig, model_path: str | os.PathLike[str], out: str | os.PathLike[str], progress: bool = True
+) -> dict:
+    """Evaluates a trained model on the config's test data and writes metrics and predictions into ``out``."""
+    import lightning as L
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = load_trained(model_path, cfg)
+    cache = _feature_cache(cfg, model)
+    datamodule = build_datamodule(cfg, model, cached=cache is not None)
+    system = build_system(cfg, model, feature_cache=cache)
+    trainer = build_trainer(cfg, out, progress, max_steps=0)
+    metrics, records = _test(trainer, system, datamodule)
+    metrics.update(run=cfg.name, model=str(model_path), world_size=trainer.world_size)
+    if trainer.is_global_zero:
+        write_outputs(out, metrics, records)
+    return metrics
+
+
+def run(cfg: DictConfig, out: Path) -> dict:
+    """Runs one grid run: :func:`train` here, or ``emofer train`` in a subprocess when Lightning must
+    launch several processes (they re-run their launching command, which must be that one run)."""
+    if not launches_processes(cfg):
+        return train(cfg, out, progress=sys.stderr.isatty())
+    save_config(cfg, out / "config.yaml")
+    cmd = [sys.executable, "-m", "emofer.cli", "train", "-c", str(out / "config.yaml"), "--out", str(out)]
+    log.info("launching %s", " ".join(cmd))
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited with status {done.returncode}")
+    return json.loads((out / METRICS_FILE).read_text())
