@@ -188,3 +188,33 @@ def test_lightning_trains_and_tests_from_the_datamodule():
     model.seen = []
     trainer.test(model, datamodule=dm, verbose=False)
     assert sorted(model.seen)[:1] == ["synthfer-test-00000"] and len(model.seen) == 14
+
+
+def test_a_plain_user_dataset_plugs_in(tmp_path):
+    from torch.utils.data import Dataset
+
+    from emofer.data import DATASETS
+
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "train.txt").write_text("\n".join(f"{tmp_path / f'{i}.png'} {int(i < 4)}" for i in range(6)))
+
+    @DATASETS.register("test-my-faces", force=True)
+    class MyFaces(Dataset):
+        """My lab's faces: one image per line."""
+
+        def __init__(self, root: str, split: str = "train"):
+            self.rows = [line.split() for line in open(f"{root}/{split}.txt")]
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            path, label = self.rows[i]
+            return {"id": path, "media": path, "label": int(label), "classes": ["neutral", "happiness"]}
+
+    dm = _dm({"train": [{"name": "test-my-faces", "root": str(tmp_path)}], "batch_size": 3,
+              "balanced_sampler": True})
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2 and batches[0]["classes"] == ["neutral", "happiness"]
+    assert batches[0]["pixels"].shape == (3, 1, 3, 16, 16) and "attributes" not in batches[0]
