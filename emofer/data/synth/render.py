@@ -12,6 +12,7 @@ import colorsys
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,7 +33,7 @@ _SCLERA = (238, 236, 230)
 _CAVITY = (70, 22, 28)
 _TEETH = (246, 244, 236)
 _LID = (38, 28, 28)
-_NOISE_BANK = 16
+_NOISE_BANK = 32
 
 
 @dataclass
@@ -130,22 +131,21 @@ class _Canvas:
     """
 
     def __init__(self) -> None:
-        self._xy: list[float] = []
+        self._pts: list[Point] = []
         self._extra: list[float] = []
         self._surface: list[float] = []
         self._spans: dict[str, tuple[int, int]] = {}
 
     def add(self, name: str, pts: list[Point], extra: float | list[float] = 0.0, surface: bool = True) -> None:
-        n0 = len(self._extra)
-        for x, y in pts:
-            self._xy += (x, y)
-        n = len(pts)
+        n0, n = len(self._pts), len(pts)
+        self._pts += pts
         self._extra += extra if isinstance(extra, list) else [extra] * n
         self._surface += [1.0 if surface else 0.0] * n
         self._spans[name] = (n0, n0 + n)
 
     def project(self, pose: Pose, face_w: float) -> dict[str, np.ndarray]:
-        pts = np.array(self._xy).reshape(-1, 2)
+        n = len(self._pts)
+        pts = np.fromiter(chain.from_iterable(self._pts), dtype=np.float64, count=2 * n).reshape(n, 2)
         depth = np.array(self._extra) + np.array(self._surface) * surface_depth(pts[:, 0], face_w)
         xy = project(pts, depth, pose)
         return {name: xy[a:b] for name, (a, b) in self._spans.items()}
@@ -306,7 +306,7 @@ def render(
         pose: head pose in *output* pixels (the canvas is drawn at twice that).
         scene: background, clutter, lighting, noise, occluder.
         size: output side in pixels.
-        noise_index: which noise field of the fixed bank to use (flipped by it).
+        noise_index: which noise field of the fixed bank to use.
 
     Returns:
         The RGB image and its 68 landmarks ``[68,2]`` in output pixel coordinates
@@ -386,9 +386,11 @@ def _finish(img: Image.Image, scene: Scene, noise_index: int) -> Image.Image:
     size = img.size[0]
     rx, ry, bank = _post_fields(size)
     a = np.asarray(img, dtype=np.float32)
-    light = scene.gain * (1.0 + scene.gradient * (math.cos(scene.light_angle) * rx + math.sin(scene.light_angle) * ry))
+    angle = scene.light_angle
+    light = scene.gain * (1.0 + scene.gradient * (math.cos(angle) * rx + math.sin(angle) * ry))
     noise = bank[noise_index % _NOISE_BANK]
-    if (noise_index // _NOISE_BANK) % 2:
-        noise = noise[:, ::-1]
-    a = a * light[:, :, None] + noise * scene.noise
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+    flat = a.reshape(size, size * 3)  # one contiguous row per image row: cheaper than broadcasting
+    flat *= np.repeat(light, 3, axis=1)
+    flat += (noise * scene.noise).reshape(size, size * 3)
+    np.clip(flat, 0.0, 255.0, out=flat)
+    return Image.fromarray(a.astype(np.uint8), "RGB")
