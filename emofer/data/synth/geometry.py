@@ -1,4 +1,4 @@
-"""SynthFER's face geometry: identity and expression parameters to 68 landmarks and drawing shapes.
+"""SynthFER's face geometry: identity and expression parameters to the 68 landmarks, and head pose.
 
 Everything here lives in a canonical face frame: ``u`` to the image right,
 ``v`` down, the face centred at the origin with the chin near ``v = 1`` and the
@@ -15,8 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from emofer.labels import BASIC7
 
 # Expression deltas at intensity 1, per class (SynthFER order: BASIC7).
 # brow_in/brow_out: vertical offset of inner/outer brow ends (negative = up);
@@ -104,7 +102,7 @@ _SKIN = {  # per race group, FaceXFormer order: White, Black, Indian, Asian, Oth
     4: [(203, 157, 116), (186, 141, 101), (212, 171, 130)],
 }
 _HAIR_DARK = [(28, 22, 20), (45, 32, 24), (60, 40, 28)]
-_HAIR_WHITE_GROUP = [(222, 190, 112), (112, 72, 40), (158, 72, 32), (40, 30, 26), (150, 110, 70)]
+_HAIR_VARIED = [(222, 190, 112), (112, 72, 40), (158, 72, 32), (40, 30, 26), (150, 110, 70)]
 _IRIS = [(70, 45, 25), (95, 65, 35), (40, 30, 20), (60, 110, 160), (80, 120, 80)]
 
 
@@ -146,7 +144,7 @@ def sample_identity(rng: np.random.Generator, difficulty: float = 0.5) -> Identi
     elif age == 5 and grey:
         hair = r.jitter((130, 128, 126), 12)
     elif race == 0:
-        hair = r.jitter(r.pick(_HAIR_WHITE_GROUP), 12)
+        hair = r.jitter(r.pick(_HAIR_VARIED), 12)
     else:
         hair = r.jitter(r.pick(_HAIR_DARK), 8)
     iris = r.pick(_IRIS) if race == 0 else r.pick(_IRIS[:3])
@@ -342,7 +340,3 @@ def project(points: np.ndarray, depth: np.ndarray, pose: Pose) -> np.ndarray:
     rot = np.array([[cr, sr], [-sr, cr]]) * pose.scale
     return uv @ rot + (pose.cx, pose.cy)
 
-
-def expression_names() -> tuple[str, ...]:
-    """The expressions SynthFER draws, in its class order."""
-    return BASIC7

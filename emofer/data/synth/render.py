@@ -46,7 +46,7 @@ class Scene:
     gradient: float
     light_angle: float
     noise: float
-    occluder: tuple[int, float, float, float, tuple[int, int, int]] | None
+    occluder: tuple[int, int, float, float, tuple[int, int, int]] | None  # kind, region, radius, shift, colour
     _bg_cache: dict[int, Image.Image] = field(default_factory=dict, repr=False)
 
     def backdrop(self, size: int) -> Image.Image:
