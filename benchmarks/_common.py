@@ -31,7 +31,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a reduced run (< 1 minute on 2 CPU cores) for smoke checks")
     p.add_argument("--json", type=Path, default=None, help="write the records to this JSON file")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: steadier on a shared machine; 0 keeps torch's default)",
+    )
     return p
 
 
@@ -73,18 +76,37 @@ def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable
     return times
 
 
-def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, measured alternately (noise hits all alike)."""
+def alternate(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each function, measured alternately, ``rounds`` calls each.
+
+    Odd rounds run the functions in reverse order (A B, B A, ...), so a slow
+    drift in machine load biases none of them.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
+    order = list(fns)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def time_alternating(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, measured alternately (noise hits all alike)."""
+    return {k: statistics.median(v) for k, v in alternate(fns, rounds, warmup).items()}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median of the per-round ratios ``num[i] / den[i]`` of two alternately measured series.
+
+    Each pair ran back to back, under nearly the same load, so their ratio is
+    steadier than the ratio of the two medians on a shared machine.
+    """
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
 def report(title: str, records: list[Record], json_path: Path | None, extra: dict[str, Any] | None = None) -> None:
