@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from emofer.data.errors import DataError
+
     try:
         return int(args._run(args) or 0)
-    except (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError) as err:
+    except (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError) as err:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
