@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     models = args.models or (["emo-llama-tiny"] if args.quick else sorted(MODELS))
-    samples = args.samples or (64 if args.quick else 256)
+    samples = args.samples or (32 if args.quick else 256)
     epochs = max(2, args.epochs or (2 if args.quick else 4))
     records = []
     for preset in models:

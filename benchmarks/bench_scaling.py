@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed steps per point")
     args = p.parse_args(argv)
     setup(args)
-    frames = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16]
-    batches = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
-    repeats = args.repeats or (3 if args.quick else 7)
+    frames = [1, 2, 4] if args.quick else [1, 2, 4, 8, 16]
+    batches = [1, 2, 4] if args.quick else [1, 2, 4, 8, 16, 32]
+    repeats = args.repeats or (2 if args.quick else 7)
     frames_batch = 2
     model = emofer.build_model(emofer.load_config(args.preset)).train()
 
