@@ -299,6 +299,8 @@ def run_grid(
     out = Path(out)
     results: list[RunResult] = []
     with _grid_lock(out):
+        for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
+            stale.unlink()
         pretrained = _pretrained_prior(grid)
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id

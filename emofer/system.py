@@ -331,7 +331,8 @@ class EmoFERSystem(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = summarize(self.val_metrics.compute(), self.classes, prefix="val/")
-        self.log_dict({f"val/{k}": values[k] for k in SCALARS}, prog_bar=True)
+        # already reduced across processes; sync_dist averages identical values (and silences Lightning)
+        self.log_dict({f"val/{k}": values[k] for k in SCALARS}, prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -347,7 +348,7 @@ class EmoFERSystem(L.LightningModule):
             records = [r for part in gathered for r in part]
         self.test_records = sorted(records, key=lambda r: r["id"])
         self._records = []
-        self.log_dict({f"test/{k}": self.test_results[k] for k in SCALARS})
+        self.log_dict({f"test/{k}": self.test_results[k] for k in SCALARS}, sync_dist=True)
         if self.feature_cache is not None:
             self.feature_cache.flush()
 

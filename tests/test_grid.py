@@ -151,6 +151,76 @@ def test_an_interrupted_run_restarts_from_scratch(tmp_path):
     assert read_status(run_dir)["status"] == DONE
 
 
+FAULT_GRID = """
+name: ft
+base: classifier-tiny
+overrides:
+  data.train: [{name: synthfer, split: train, size: 64}]
+  data.test: [{name: synthfer, split: test, size: 28}]
+  data.batch_size: 16
+  data.eval_batch_size: 16
+  train.max_steps: 10
+  train.checkpoint_every: 2
+grid:
+  train.lr: [1.0e-3, 3.0e-3, 1.0e-2]
+"""
+
+
+def _results_without_timings(out: Path) -> list[dict]:
+    with open(out / "results.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def _check_files_whole(out: Path) -> None:
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text())
+    for path in out.rglob("predictions.jsonl"):
+        assert all(json.loads(line) for line in path.read_text().splitlines())
+    assert not [p for p in out.rglob("*.tmp")], "a temporary file survived"
+
+
+def test_a_grid_killed_mid_run_resumes_to_the_uninterrupted_results(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from emofer.cli import main
+
+    grid_file = tmp_path / "ft.yaml"
+    grid_file.write_text(FAULT_GRID)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "emofer.cli", "grid", str(grid_file), "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = killed / "runs" / "lr=0.003"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if (second / "checkpoints" / "last.ckpt").exists():
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the grid ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_status(killed / "runs" / "lr=0.001")["status"] == DONE
+    assert read_status(second)["status"] == "running"
+    done_before = (killed / "runs" / "lr=0.001" / "metrics.json").read_text()
+
+    assert main(["grid", str(grid_file), "--out", str(killed)]) == 0
+    assert (killed / "runs" / "lr=0.001" / "metrics.json").read_text() == done_before  # skipped, not rerun
+    straight = tmp_path / "straight"
+    assert main(["grid", str(grid_file), "--out", str(straight)]) == 0
+
+    assert _results_without_timings(killed) == _results_without_timings(straight)
+    for run in ("lr=0.001", "lr=0.003", "lr=0.01"):
+        a, b = killed / "runs" / run, straight / "runs" / run
+        assert (a / "predictions.jsonl").read_text() == (b / "predictions.jsonl").read_text()
+        ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+        for key in ("uar", "war", "macro_f1", "invalid_rate", "confusion", "steps"):
+            assert ma[key] == mb[key], (run, key)
+    _check_files_whole(killed)
+
+
 def test_grid_file_paths_resolve_relative_to_the_grid(tmp_path):
     (tmp_path / "base.yaml").write_text("name: from-file\ntrain:\n  lr: 0.25\n")
     (tmp_path / "g.yaml").write_text("base: base.yaml\ngrid:\n  train.max_steps: [1, 2]\n")
