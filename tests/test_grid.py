@@ -227,3 +227,45 @@ def test_grid_file_paths_resolve_relative_to_the_grid(tmp_path):
     grid = Grid.load(tmp_path / "g.yaml")
     assert grid.name == "g"
     assert [r.config().train.lr for r in grid.runs] == [0.25, 0.25]
+
+
+def test_a_grid_pretrains_its_face_prior_once_and_hands_it_to_matching_runs(tmp_path):
+    prior = {"name": "facexformer-tiny", "image_size": 32, "embed_dim": 8, "decoder_dim": 16}
+    raw = {
+        "base": {"name": "t", "model": {"face_prior": prior}},
+        "pretrain": {
+            "face_prior": {
+                "prior": prior,
+                "data": {"name": "synthfer", "split": "train", "size": 16, "image_size": 32},
+                "val_data": {"name": "synthfer", "split": "val", "size": 8, "image_size": 32},
+                "steps": 2,
+                "batch_size": 8,
+                "cache_dir": str(tmp_path / "cache"),
+                "progress": False,
+            }
+        },
+        "runs": [
+            {"id": "with-prior"},
+            {"id": "other-prior", "overrides": {"model.face_prior": {"name": "none"}}},
+        ],
+    }
+    seen: dict[str, str | None] = {}
+
+    def runner(cfg: DictConfig, run_dir: Path) -> dict:
+        seen[cfg.name] = cfg.model.face_prior.get("checkpoint")
+        return fake_metrics(cfg, run_dir)
+
+    run_grid(Grid.load(raw), tmp_path / "g", runner=runner)
+    weights = Path(seen["with-prior"])
+    assert weights.name == "face-prior.safetensors" and weights.is_relative_to(tmp_path / "cache")
+    assert seen["other-prior"] is None
+    meta = json.loads((weights.parent / "meta.json").read_text())
+    assert meta["recipe"]["steps"] == 2 and "val/landmark_l1" in meta["held_out"]
+
+    from emofer import FACE_PRIORS
+
+    loaded = FACE_PRIORS.build({**prior, "checkpoint": str(weights)})  # strict load of what was saved
+    assert loaded.global_dim == 64
+    stamp = weights.stat().st_mtime_ns
+    run_grid(Grid.load(raw), tmp_path / "g2", runner=runner)
+    assert weights.stat().st_mtime_ns == stamp  # reused from the cache, not trained again

@@ -1,0 +1,43 @@
+"""``emofer demo``: the quickstart on synthetic faces (face-prior pretraining, then the ablation grid)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "demo"
+HELP = "the quickstart: pretrain a tiny face prior on SynthFER, then train and compare EMO-LLaMA variants"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
+    parser.add_argument("--grid", help="another grid file to run instead of the quickstart")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun variants that failed before")
+
+
+def run(args: argparse.Namespace) -> int:
+    from emofer.commands._console import console, results_table
+    from emofer.demo import QUICKSTART, run_demo
+    from emofer.report import rows
+
+    con = console()
+    con.rule("[bold]emofer quickstart")
+    con.print(
+        "stage 1: a tiny FaceXFormer learns SynthFER's landmarks and age/gender/race (cached after the first demo)\n"
+        "stage 2: EMO-LLaMA variants train and are evaluated on SynthFER's test split"
+    )
+
+    def announce(spec, index, total):
+        con.rule(f"[bold]variant {index + 1}/{total}: {spec.id}")
+
+    result = run_demo(
+        args.out, args.grid or QUICKSTART, retry_failed=args.retry_failed, on_run_start=announce
+    )
+    con.print(results_table(rows(result.results), title="quickstart on SynthFER (test split)"))
+    out = result.out
+    con.print(
+        f"finished in {result.seconds:.0f} s. Results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}"
+    )
+    con.print(
+        f"chart: {out / 'results.png'}; per variant (config, metrics, predictions, model): {out / 'runs'}/"
+    )
+    return 0 if all(r.status == "done" for r in result.results) else 1
