@@ -119,6 +119,7 @@ def test_face_info_mining_every_switch_combination(use_global, use_local, text_g
         ({"visual": None}, 0),
         ({"visual": {"name": "llama-vid", **SMALL, "content": "grid:2"}}, 5),
         ({"visual": {"name": "resampler", **SMALL, "num_queries": 3}}, 3),
+        ({"visual": "mlp2x-gelu"}, N),
         ({"num_queries": 1, "depth": 3, "k_g": 1}, 2),
         ({"num_queries": 9, "depth": 2}, 2),
     ],
