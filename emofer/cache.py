@@ -1,20 +1,21 @@
 """A disk cache of what the frozen parts of a model compute, reused across epochs and runs.
 
-When the vision encoder and the face prior do not train, their outputs
-(:meth:`EmoFERModel.extract_features`) depend only on the sample, so they are
-computed once, written as safetensors shards under
-``<cache_dir>/<key>/`` and read back in later epochs and later runs. The key
-hashes the components' configs, a fingerprint of their weights and the data
-description, so a change to any of them starts a new cache rather than
-serving stale features.
+When the vision encoder and/or the face prior do not train, their outputs
+(what :meth:`EmoFERModel.extract_features` returns for them) depend only on
+the sample, so they are computed once, written as safetensors shards under
+``<cache_dir>/<key>/`` and read back in later epochs and later runs; a part
+that trains (say the encoder, while the pretrained prior is frozen) still
+runs on every batch. The key hashes which parts are cached, their configs, a
+fingerprint of their weights and the data description, so a change to any of
+them starts a new cache rather than serving stale features.
 
 A cached feature is only valid for the exact input it was computed from, so
-each entry also stores a digest of the sample's input pixels: when a sample
-comes back with other pixels (random augmentation, frame jitter), its
+each entry also stores a digest of the cached parts' input pixels: when a
+sample comes back with other pixels (random augmentation, frame jitter), its
 features are computed afresh and not stored, and the cache warns once.
-:func:`emofer.experiment.train` gives the frozen parts their deterministic
-(evaluation) transform while the cache is on, so with deterministic data
-(SynthFER, still images, evaluation) every later epoch and run hits.
+:func:`emofer.experiment.train` gives the cached parts their deterministic
+(evaluation) transform, so with deterministic data (SynthFER, still images,
+evaluation) every later epoch and run hits.
 
 Example:
     >>> cache = FeatureCache.for_model(model, "~/.cache/emofer/features", data=cfg.data)  # doctest: +SKIP
@@ -28,7 +29,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FEATURE_PARTS = ("encoder", "face_prior")
 """The parts whose outputs :meth:`EmoFERModel.extract_features` returns."""
+PART_INPUTS = {"encoder": "pixels", "face_prior": "face_pixels"}
+"""The batch key each feature part reads."""
 
 _SEP = "::"
 _DIGEST = "input_digest"
@@ -67,34 +70,60 @@ def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: EmoFERModel, data: Mapping[str, Any] | DictConfig | None = None) -> tuple[str, dict]:
-    """The cache key of a model's frozen parts on some data, and the description it hashes."""
+def frozen_feature_parts(model: EmoFERModel) -> list[str]:
+    """The feature parts of ``model`` (encoder, face prior) that have no trainable parameter."""
     parts = model.parts()
-    cfg = model.cfg
+    return [
+        p for p in FEATURE_PARTS if p in parts and not any(q.requires_grad for q in parts[p].parameters())
+    ]
+
+
+def cache_key(
+    model: EmoFERModel,
+    data: Mapping[str, Any] | DictConfig | None = None,
+    parts: Sequence[str] = FEATURE_PARTS,
+) -> tuple[str, dict]:
+    """The cache key of some of a model's feature parts on some data, and the description it hashes."""
+    modules = model.parts()
+    cached = [p for p in FEATURE_PARTS if p in parts and p in modules]
     description = {
         "format": FORMAT_VERSION,
-        "encoder": _plain(cfg.encoder),
-        "face_prior": _plain(cfg.face_prior) if "face_prior" in parts else None,
-        "weights": weights_fingerprint([parts[p] for p in FEATURE_PARTS if p in parts]),
+        "parts": cached,
+        "configs": {p: _plain(model.cfg[p]) for p in cached},
+        "weights": weights_fingerprint([modules[p] for p in cached]),
         "data": _plain(data) if data is not None else None,
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], description
 
 
-def _split(features: Features, batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """Per-sample tensors ``{field: [T, ...]}`` from a batch's :class:`Features`."""
-    fields: dict[str, torch.Tensor] = {"visual": features.visual}
-    priors = features.priors
-    if priors is not None:
-        fields["global_feat"] = priors.global_feat
-        fields["local_feat"] = priors.local_feat
-        if priors.landmarks is not None:
-            fields["landmarks"] = priors.landmarks
-        if priors.task_tokens is not None:
-            fields["task_tokens"] = priors.task_tokens
-        for name, logits in priors.attributes.items():
-            fields[f"attributes.{name}"] = logits
+def run_part(model: EmoFERModel, part: str, pixels: torch.Tensor) -> Any:
+    """One feature part on ``[B,T,3,H,W]`` frames flattened into the batch, as ``extract_features`` runs it."""
+    module = model.parts()[part]
+    weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+    x = pixels.flatten(0, 1)
+    if weight is not None:
+        x = x.to(device=weight.device, dtype=weight.dtype)
+    trains = any(p.requires_grad for p in module.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+        return module(x)
+
+
+def _fields(part: str, output: Any) -> dict[str, torch.Tensor]:
+    """A part's output as named tensors (rows: frames of the batch)."""
+    if part == "encoder":
+        return {"visual": output}
+    fields = {"global_feat": output.global_feat, "local_feat": output.local_feat}
+    if output.landmarks is not None:
+        fields["landmarks"] = output.landmarks
+    if output.task_tokens is not None:
+        fields["task_tokens"] = output.task_tokens
+    fields.update({f"attributes.{k}": v for k, v in output.attributes.items()})
+    return fields
+
+
+def _split(fields: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Per-sample tensors ``{field: [T, ...]}`` from batch tensors ``[B*T, ...]``."""
     per_sample: list[dict[str, torch.Tensor]] = [{} for _ in range(batch_size)]
     for name, tensor in fields.items():
         grouped = tensor.detach().reshape(batch_size, -1, *tensor.shape[1:]).cpu()
@@ -103,35 +132,30 @@ def _split(features: Features, batch_size: int) -> list[dict[str, torch.Tensor]]
     return per_sample
 
 
-def _join(samples: list[dict[str, torch.Tensor]], device: torch.device) -> Features:
-    """The batch's :class:`Features` (frames flattened into the batch) from per-sample tensors."""
-    from emofer.encoders.base import FacePriors
-    from emofer.model import Features
+def _output(part: str, samples: list[dict[str, torch.Tensor]], device: torch.device) -> Any:
+    """A part's batch output (frames flattened into the batch) from per-sample tensors."""
 
     def cat(name: str) -> torch.Tensor:
         return torch.stack([s[name] for s in samples]).flatten(0, 1).to(device)
 
+    if part == "encoder":
+        return cat("visual")
+    from emofer.encoders.base import FacePriors
+
     first = samples[0]
-    priors = None
-    if "global_feat" in first:
-        priors = FacePriors(
-            global_feat=cat("global_feat"),
-            local_feat=cat("local_feat"),
-            landmarks=cat("landmarks") if "landmarks" in first else None,
-            attributes={k.split(".", 1)[1]: cat(k) for k in first if k.startswith("attributes.")},
-            task_tokens=cat("task_tokens") if "task_tokens" in first else None,
-        )
-    return Features(visual=cat("visual"), priors=priors)
+    return FacePriors(
+        global_feat=cat("global_feat"),
+        local_feat=cat("local_feat"),
+        landmarks=cat("landmarks") if "landmarks" in first else None,
+        attributes={k.split(".", 1)[1]: cat(k) for k in first if k.startswith("attributes.")},
+        task_tokens=cat("task_tokens") if "task_tokens" in first else None,
+    )
 
 
-def _select(tensor: torch.Tensor | None, index: list[int]) -> torch.Tensor | None:
-    return None if tensor is None else tensor[index]
-
-
-def input_digests(batch: Mapping[str, Any]) -> list[torch.Tensor]:
-    """Per sample, a 16-byte digest of the frozen parts' inputs (``pixels`` and ``face_pixels``)."""
-    inputs = [batch["pixels"]] + ([batch["face_pixels"]] if batch.get("face_pixels") is not None else [])
-    arrays = [x.detach().float().cpu().contiguous().numpy() for x in inputs]
+def input_digests(batch: Mapping[str, Any], parts: Sequence[str] = FEATURE_PARTS) -> list[torch.Tensor]:
+    """Per sample, a 16-byte digest of the inputs of ``parts`` (``pixels``, ``face_pixels``)."""
+    keys = [PART_INPUTS[p] for p in parts if batch.get(PART_INPUTS[p]) is not None]
+    arrays = [batch[k].detach().float().cpu().contiguous().numpy() for k in keys]
     out = []
     for i in range(len(batch["ids"])):
         digest = hashlib.blake2b(digest_size=16)
@@ -142,17 +166,28 @@ def input_digests(batch: Mapping[str, Any]) -> list[torch.Tensor]:
 
 
 class FeatureCache:
-    """Safetensors shards of per-sample frozen features, keyed by sample id.
+    """Safetensors shards of per-sample outputs of frozen feature parts, keyed by sample id.
 
     Args:
         directory: the folder of one cache key (``<cache_dir>/<key>``).
+        parts: the cached parts (``encoder``, ``face_prior``); the others run on every batch.
         shard_size: samples per shard written.
-        writer: a tag put in shard names so processes never write the same file (e.g. the rank).
+        writer: a tag put in shard names so processes never write the same file (e.g. the pid).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], shard_size: int = 2048, writer: str = "0") -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        parts: Sequence[str] = FEATURE_PARTS,
+        shard_size: int = 2048,
+        writer: str = "0",
+    ) -> None:
+        unknown = sorted(set(parts) - set(FEATURE_PARTS))
+        if unknown or not parts:
+            raise ValueError(f"cached parts must be some of {FEATURE_PARTS}, got {list(parts)}")
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.parts = tuple(p for p in FEATURE_PARTS if p in parts)
         self.shard_size = shard_size
         self.writer = writer
         self.hits = 0
@@ -169,16 +204,22 @@ class FeatureCache:
         model: EmoFERModel,
         cache_dir: str | os.PathLike[str],
         data: Mapping[str, Any] | DictConfig | None = None,
+        parts: Sequence[str] | None = None,
         writer: str = "0",
     ) -> FeatureCache:
-        """The cache of ``model``'s encoder and prior outputs on ``data`` under ``cache_dir``."""
-        key, description = cache_key(model, data)
+        """The cache of ``model``'s frozen feature parts (or of ``parts``) on ``data`` under ``cache_dir``."""
+        parts = list(parts) if parts is not None else frozen_feature_parts(model)
+        present = model.parts()
+        parts = [p for p in parts if p in present]
+        if not parts:
+            raise ValueError("nothing to cache: the model's encoder and face prior both train")
+        key, description = cache_key(model, data, parts)
         directory = Path(cache_dir).expanduser() / key
         meta = directory / "meta.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps(description, indent=2, sort_keys=True, default=str))
-        log.info("feature cache %s", directory)
-        return cls(directory, writer=writer)
+        log.info("feature cache of %s: %s", " and ".join(parts), directory)
+        return cls(directory, parts=parts, writer=writer)
 
     def _scan(self) -> None:
         from safetensors import safe_open
@@ -205,24 +246,20 @@ class FeatureCache:
                 self._loaded.setdefault(sid, {})[field] = tensor
         return self._loaded[sample_id]
 
-    def features(self, batch: Mapping[str, Any], model: EmoFERModel) -> Features:
-        """The batch's features: cached ones read back, missing ones computed and stored.
-
-        A sample whose id is cached but whose input pixels differ from the
-        cached entry's is computed afresh and not stored.
-        """
+    def _cached_outputs(self, batch: Mapping[str, Any], model: EmoFERModel) -> dict[str, Any]:
+        """The cached parts' outputs for a batch: read back, or computed (and stored when new)."""
         ids: list[str] = list(batch["ids"])
-        digests = input_digests(batch)
+        digests = input_digests(batch, self.parts)
         known = {i: self._get(sid) for i, sid in enumerate(ids) if sid in self}
-        stale = [i for i, entry in known.items() if not torch.equal(entry[_DIGEST], digests[i])]
+        stale = {i for i, entry in known.items() if not torch.equal(entry[_DIGEST], digests[i])}
         missing = [i for i in range(len(ids)) if i not in known or i in stale]
         samples: list[dict[str, torch.Tensor] | None] = [known.get(i) for i in range(len(ids))]
         if missing:
-            pixels = batch["pixels"][missing]
-            face = _select(batch.get("face_pixels"), missing)
+            fields: dict[str, torch.Tensor] = {}
             with torch.no_grad():
-                computed = _split(model.extract_features(pixels, face), len(missing))
-            for i, sample in zip(missing, computed, strict=True):
+                for part in self.parts:
+                    fields.update(_fields(part, run_part(model, part, batch[PART_INPUTS[part]][missing])))
+            for i, sample in zip(missing, _split(fields, len(missing)), strict=True):
                 sample[_DIGEST] = digests[i]
                 samples[i] = sample
                 if i not in stale:
@@ -233,12 +270,27 @@ class FeatureCache:
             log.warning(
                 "feature cache: %s came back with other input pixels (random augmentation or frame "
                 "jitter?); such samples are computed afresh and not cached",
-                ids[stale[0]],
+                ids[min(stale)],
             )
         self.changed += len(stale)
         self.hits += len(ids) - len(missing)
         self.misses += len(missing)
-        return _join(samples, batch["pixels"].device)  # type: ignore[arg-type]
+        device = batch["pixels"].device
+        return {part: _output(part, samples, device) for part in self.parts}  # type: ignore[arg-type]
+
+    def features(self, batch: Mapping[str, Any], model: EmoFERModel) -> Features:
+        """The batch's :class:`Features`: cached parts served from disk, the other parts run.
+
+        A sample whose id is cached but whose input pixels differ from the
+        cached entry's is computed afresh and not stored.
+        """
+        from emofer.model import Features
+
+        outputs = self._cached_outputs(batch, model)
+        for part in FEATURE_PARTS:
+            if part in model.parts() and part not in outputs:
+                outputs[part] = run_part(model, part, batch[PART_INPUTS[part]])
+        return Features(visual=outputs["encoder"], priors=outputs.get("face_prior"))
 
     def flush(self) -> None:
         """Writes the pending samples as one new shard (atomically: temp file, then rename)."""

@@ -147,43 +147,50 @@ def build_trainer(
     )
 
 
-def build_datamodule(cfg: DictConfig, model: EmoFERModel, cached: bool) -> Any:
+def build_datamodule(cfg: DictConfig, model: EmoFERModel, cached: Sequence[str] = ()) -> Any:
     """The data module of a config, with the model's transforms.
 
-    With the feature cache on, the frozen parts get their deterministic
+    Parts whose features are cached (``cached``) get their deterministic
     (evaluation) transform in training too, so a cached feature is the one
-    the part would compute.
+    the part would compute; the other parts keep their training augmentation.
     """
     from emofer.data import EmoFERDataModule
 
-    transforms = _EvalTransforms(model.transforms(False)) if cached else model.transforms
+    transforms = _CachedTransforms(model, cached) if cached else model.transforms
     return EmoFERDataModule(cfg.data, transforms=transforms, seed=cfg.seed)
 
 
-class _EvalTransforms:
-    """``model.transforms`` that gives the evaluation pair in training too (picklable for workers)."""
+class _CachedTransforms:
+    """``model.transforms`` with the evaluation transform for cached parts (picklable for workers)."""
 
-    def __init__(self, pair: tuple[Any, Any]) -> None:
-        self.pair = pair
+    def __init__(self, model: EmoFERModel, cached: Sequence[str]) -> None:
+        train, evaluation = model.transforms(True), model.transforms(False)
+        self.pairs = {
+            True: (
+                evaluation[0] if "encoder" in cached else train[0],
+                evaluation[1] if "face_prior" in cached else train[1],
+            ),
+            False: evaluation,
+        }
 
     def __call__(self, train: bool) -> tuple[Any, Any]:
-        return self.pair
+        return self.pairs[bool(train)]
 
 
 def _feature_cache(cfg: DictConfig, model: EmoFERModel) -> FeatureCache | None:
+    """The feature cache of the run's frozen feature parts, when ``train.feature_cache`` asks for one."""
     if not cfg.train.feature_cache:
         return None
-    from emofer.cache import FEATURE_PARTS, FeatureCache
+    from emofer.cache import FeatureCache, frozen_feature_parts
 
-    parts = model.parts()
-    trained = [p for p in FEATURE_PARTS if p in parts and any(q.requires_grad for q in parts[p].parameters())]
-    trained += [p for s in cfg.train.stages for p in s.get("train", []) if p in FEATURE_PARTS]
-    if trained:
-        log.warning("train.feature_cache is on but %s train: the cache is not used", sorted(set(trained)))
+    staged = {p for s in cfg.train.stages for p in s.get("train", [])}
+    parts = [p for p in frozen_feature_parts(model) if p not in staged]
+    if not parts:
+        log.warning("train.feature_cache is on but the encoder and face prior both train: no cache")
         return None
     root = Path(cfg.train.cache_dir) if cfg.train.cache_dir else default_cache_dir() / "features"
     data = {k: cfg.data[k] for k in ("train", "val", "test", "num_frames", "face_crop")}
-    return FeatureCache.for_model(model, root, data=data, writer=f"p{os.getpid()}")
+    return FeatureCache.for_model(model, root, data=data, parts=parts, writer=f"p{os.getpid()}")
 
 
 def _eval_loader(loader: Any, trainer: L.Trainer) -> Any:
@@ -271,7 +278,7 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
     cache = _feature_cache(cfg, model)
-    datamodule = build_datamodule(cfg, model, cached=cache is not None)
+    datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)
     trainer = build_trainer(cfg, out, progress)
     last = out / CHECKPOINT_DIR / "last.ckpt"
@@ -333,7 +340,7 @@ def evaluate(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = load_trained(model_path, cfg)
     cache = _feature_cache(cfg, model)
-    datamodule = build_datamodule(cfg, model, cached=cache is not None)
+    datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)
     trainer = build_trainer(cfg, out, progress, max_steps=0)
     metrics, records = _test(trainer, system, datamodule)

@@ -186,9 +186,9 @@ class EmoFERSystem(L.LightningModule):
             )
             self.stages = [Stage(trainable)]
         if feature_cache is not None:
-            trained = sorted({p for s in self.stages for p in s.train if p in ("encoder", "face_prior")})
+            trained = sorted({p for s in self.stages for p in s.train if p in feature_cache.parts})
             if trained:
-                raise ValueError(f"the feature cache needs frozen feature parts, but stages train {trained}")
+                raise ValueError(f"the feature cache needs its parts frozen, but stages train {trained}")
         self.val_metrics = expression_metrics(len(self.classes), prefix="val/")
         self.test_metrics = expression_metrics(len(self.classes), prefix="test/")
         self._records: list[dict[str, Any]] = []

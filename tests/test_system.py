@@ -173,7 +173,7 @@ def test_the_feature_cache_refuses_stages_that_train_feature_parts(emo_llama_tin
     from emofer.system import EmoFERSystem
 
     cache = FeatureCache(tmp_path)
-    with pytest.raises(ValueError, match="frozen feature parts"):
+    with pytest.raises(ValueError, match="needs its parts frozen"):
         EmoFERSystem(emo_llama_tiny, stages=[{"train": ["encoder", "fusion"]}], feature_cache=cache)
 
 
@@ -344,3 +344,26 @@ def test_unknown_true_classes_are_an_error():
     batch = {"ids": ["x"], "classes": ["contempt"], "targets": torch.tensor([0])}
     with pytest.raises(ValueError, match="not among the evaluation classes"):
         system.test_step(batch, 0)
+
+
+def test_feature_cache_of_the_prior_alone_runs_the_trainable_encoder(emo_llama_tiny, tmp_path):
+    from emofer.cache import FeatureCache, frozen_feature_parts
+
+    model = emo_llama_tiny.eval()
+    model.set_frozen(["face_prior"])
+    try:
+        assert frozen_feature_parts(model) == ["face_prior"]
+        cache = FeatureCache.for_model(model, tmp_path)
+        assert cache.parts == ("face_prior",)
+        batch = _batch(model)
+        cache.features(batch, model)
+        features = cache.features(batch, model)
+        assert cache.hits == 4
+        assert features.visual.requires_grad and not features.priors.global_feat.requires_grad
+        with torch.no_grad():
+            _assert_same_features(features, model.extract_features(batch["pixels"], batch["face_pixels"]))
+        other_encoder_pixels = dict(batch, pixels=batch["pixels"].flip(-1))  # encoder input is not cached
+        cache.features(other_encoder_pixels, model)
+        assert cache.changed == 0 and cache.hits == 8
+    finally:
+        model.set_frozen(["encoder", "face_prior"])
