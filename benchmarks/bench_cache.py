@@ -88,7 +88,10 @@ def timed_fit(cfg: Any, cache_dir: str | None) -> tuple[list[float], list[float]
     cache = _feature_cache(cfg, model) if cache_dir is not None else None
     if cache_dir is not None and cache is None:
         raise RuntimeError("the feature cache was not enabled (are the feature parts frozen?)")
-    datamodule = build_datamodule(cfg, model, cached=True)  # the same deterministic transforms in both runs
+    from emofer.cache import frozen_feature_parts
+
+    # both runs give the frozen parts their deterministic transform, as a cached run must
+    datamodule = build_datamodule(cfg, model, cached=frozen_feature_parts(model))
     system = build_system(cfg, model, feature_cache=cache)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=cfg.train.max_epochs, max_steps=-1, logger=False,

@@ -57,7 +57,7 @@ def train_model(preset: str, steps: int, batch: int, lr: float) -> tuple[Any, di
                         num_sanity_val_steps=0, limit_val_batches=0,
                         gradient_clip_val=cfg.train.gradient_clip_val)
     t0 = time.perf_counter()
-    trainer.fit(build_system(cfg, model), datamodule=build_datamodule(cfg, model, cached=False))
+    trainer.fit(build_system(cfg, model), datamodule=build_datamodule(cfg, model))
     return model, {"preset": preset, "train_steps": steps, "train_batch": batch, "lr": lr,
                    "train_seconds": time.perf_counter() - t0}
 

@@ -39,6 +39,7 @@ SIZES: dict[str, dict[str, Any]] = {
                 "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1100},
         "fim": {"num_queries": 8, "dim": 32, "depth": 1, "num_heads": 4},
         "batch": 4,
+        "rounds": 31,
     },
     "small": {
         "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
@@ -47,6 +48,7 @@ SIZES: dict[str, dict[str, Any]] = {
                 "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 32000},
         "fim": {"num_queries": 16, "dim": 128, "depth": 2, "num_heads": 4},
         "batch": 4,
+        "rounds": 9,
     },
     "medium": {
         "vision": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
@@ -55,9 +57,11 @@ SIZES: dict[str, dict[str, Any]] = {
                 "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000},
         "fim": {"num_queries": 32, "dim": 256, "depth": 2, "num_heads": 8},
         "batch": 4,
+        "rounds": 7,
     },
 }
-"""Model sizes, tiny to the largest that trains in a few seconds per step on 2 CPU cores.
+"""Model sizes, tiny to the largest that trains in a few seconds per step on 2 CPU cores, with
+the alternating rounds each gets (more where a step is short and noise weighs more).
 
 The vision tower is CLIP-shaped (patch tokens = (image/patch)^2: 16, 64, 256 —
 the last is LLaVA-1.5's count at 224 px); the LLM is LLaMA-shaped with
@@ -219,13 +223,14 @@ def measure_layer(name: str, size: dict[str, Any], layer: int, rounds: int, fim:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES), help="sizes to run")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds per size")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating rounds per size (default: 31 tiny, 9 small, 7 medium; 5 with --quick)")
     args = p.parse_args(argv)
     setup(args)
     sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "small", "medium"])
-    rounds = args.rounds or (3 if args.quick else 7)
     records = []
     for name in sizes:
+        rounds = args.rounds or (5 if args.quick else SIZES[name]["rounds"])
         for layer in (-2, -1):
             records += measure_layer(name, SIZES[name], layer, rounds, fim=layer == -2)
     report("train step: emofer vs transformers LLaVA", records, args.json, {"sizes": {s: SIZES[s] for s in sizes}})
