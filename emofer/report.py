@@ -10,12 +10,11 @@ import csv
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emofer.config import atomic_write_text
+from emofer.config import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -26,22 +25,6 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("run", "status", "uar", "war", "macro_f1", "invalid_rate", "num_samples", "seconds")
 """The leading columns of ``results.csv`` (the varied values and ``error`` follow)."""
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temp file and rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
