@@ -48,6 +48,8 @@ def run_demo(
     grid: str | os.PathLike[str] = QUICKSTART,
     retry_failed: bool = False,
     on_run_start: Callable[[RunSpec, int, int], None] | None = None,
+    jobs: int | None = None,
+    on_run_end: Callable[[RunResult, int, int], None] | None = None,
 ) -> DemoResult:
     """Runs the quickstart grid (face-prior pretraining included) into ``out``.
 
@@ -56,10 +58,19 @@ def run_demo(
         grid: the grid file (default: the shipped quickstart).
         retry_failed: rerun variants that failed in an earlier demo in ``out``.
         on_run_start: called with ``(run, index, total)`` before each variant that runs.
+        jobs: variants that train at once (default: the grid's ``jobs:``).
+        on_run_end: called with ``(result, index, total)`` after each variant that ran.
     """
     out = Path(out)
     start = time.perf_counter()
-    results = run_grid(Grid.load(grid), out, retry_failed=retry_failed, on_run_start=on_run_start)
+    results = run_grid(
+        Grid.load(grid),
+        out,
+        retry_failed=retry_failed,
+        on_run_start=on_run_start,
+        jobs=jobs,
+        on_run_end=on_run_end,
+    )
     seconds = time.perf_counter() - start
     summary = {"seconds": seconds, "runs": {r.id: r.status for r in results}, "grid": str(grid)}
     atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")

@@ -97,20 +97,30 @@ class Grid:
     name: str
     runs: list[RunSpec]
     pretrain: dict[str, Any] = field(default_factory=dict)
+    jobs: int = 1
 
     @classmethod
     def load(cls, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Grid:
         """Reads a grid YAML file (or an already-parsed mapping) and expands it."""
         if isinstance(path_or_mapping, Mapping):
             raw = dict(path_or_mapping)
-            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw))
+            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw), _jobs(raw))
         path = Path(path_or_mapping)
         if not path.exists():
             raise ConfigError(f"grid file {str(path)!r} does not exist")
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a grid file must be a mapping")
-        return cls(str(raw.get("name", path.stem)), expand(raw, root=path.parent), _pretrain(raw))
+        return cls(str(raw.get("name", path.stem)), expand(raw, root=path.parent), _pretrain(raw), _jobs(raw))
+
+
+def _jobs(raw: Mapping[str, Any]) -> int:
+    jobs = raw.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(
+            f"'jobs:' is the number of runs that execute at once (an integer >= 1), got {jobs!r}"
+        )
+    return jobs
 
 
 def _pretrain(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,10 +190,10 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
         raw: the parsed grid file.
         root: folder that relative config paths in it are relative to.
     """
-    unknown = set(raw) - {"name", "base", "overrides", "grid", "runs", "pretrain"}
+    unknown = set(raw) - {"name", "base", "overrides", "grid", "runs", "pretrain", "jobs"}
     if unknown:
         raise ConfigError(
-            f"unknown grid key(s) {sorted(unknown)}; valid: name, base, overrides, grid, runs, pretrain"
+            f"unknown grid key(s) {sorted(unknown)}; valid: name, base, overrides, grid, runs, pretrain, jobs"
         )
     base = _resolve_base(raw.get("base"), root)
     common = _overrides(raw.get("overrides"), "overrides")
@@ -271,21 +281,32 @@ def run_grid(
     runner: Runner | None = None,
     prepare: Callable[[DictConfig], DictConfig] | None = None,
     on_run_start: Callable[[RunSpec, int, int], None] | None = None,
+    jobs: int | None = None,
+    on_run_end: Callable[[RunResult, int, int], None] | None = None,
 ) -> list[RunResult]:
     """Runs every run of a grid that is not finished yet and writes the grid's results.
 
-    Runs execute one after the other in this process; a run whose Lightning
-    strategy uses several processes has them launched by Lightning.
+    With one job, runs execute one after the other in this process (a run
+    whose Lightning strategy uses several processes has them launched by
+    Lightning). With ``jobs > 1``, that many runs execute at once, each in its
+    own worker process with ``cpu_count // jobs`` torch threads — on a CPU,
+    two one-thread runs of tiny models finish far sooner than two two-thread
+    runs one after the other. Workers die with the grid process, so a killed
+    grid leaves no orphan writing into its folder.
 
     Args:
         grid: a :class:`Grid` or the path of a grid YAML file.
         out: the grid's output folder.
         retry_failed: rerun runs recorded as failed (otherwise they are reported and skipped).
         runner: runs one config in a folder and returns its metrics; default
-            :func:`emofer.experiment.run`.
+            :func:`emofer.experiment.run` (with ``jobs > 1`` it must be picklable:
+            a module-level function).
         prepare: a last edit of each run's resolved config (e.g. to point at a
             pretrained checkpoint) before it is saved and run.
-        on_run_start: called with ``(run, index, total)`` before each run that executes.
+        on_run_start: called with ``(run, index, total)`` before each run that executes
+            (with ``jobs > 1``: when it is handed to the worker pool).
+        jobs: runs at once (default: the grid's ``jobs:``, else 1).
+        on_run_end: called with ``(result, index, total)`` after each run that executed.
 
     Returns:
         One :class:`RunResult` per run, in grid order.
@@ -296,12 +317,23 @@ def run_grid(
         grid = Grid.load(grid)
     if runner is None:
         from emofer.experiment import run as runner
+    jobs = grid.jobs if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
-    results: list[RunResult] = []
+    results: dict[int, RunResult] = {}
+
+    def record(index: int, result: RunResult, executed: bool = False) -> None:
+        results[index] = result
+        write_results([results[i] for i in sorted(results)], out, charts=False)
+        if executed and on_run_end is not None:
+            on_run_end(result, index, len(grid.runs))
+
     with _grid_lock(out):
         for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
             stale.unlink()
         pretrained = _pretrained_prior(grid)
+        todo: list[tuple[int, RunSpec, DictConfig, Path]] = []
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
             try:
@@ -311,17 +343,86 @@ def run_grid(
                 if prepare is not None:
                     cfg = prepare(cfg)
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
-                results.append(_failed(run_dir, spec, err, 0.0, None))
+                record(index, _failed(run_dir, spec, err, 0.0, None))
                 continue
-            result = _finished_earlier(spec, cfg, run_dir, retry_failed)
-            if result is None:
+            earlier = _finished_earlier(spec, cfg, run_dir, retry_failed)
+            if earlier is not None:
+                record(index, earlier)
+            else:
+                todo.append((index, spec, cfg, run_dir))
+        if jobs == 1 or len(todo) <= 1:
+            for index, spec, cfg, run_dir in todo:
                 if on_run_start is not None:
                     on_run_start(spec, index, len(grid.runs))
-                result = _execute(spec, cfg, run_dir, runner)
-            results.append(result)
-            write_results(results, out, charts=False)
-        write_results(results, out, charts=True)
-    return results
+                record(index, _execute(spec, cfg, run_dir, runner), executed=True)
+        else:
+            _execute_parallel(todo, runner, jobs, len(grid.runs), on_run_start, record)
+        write_results([results[i] for i in sorted(results)], out, charts=True)
+    return [results[i] for i in sorted(results)]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the worker processes
+    """Worker initializer: a SIGKILL of the grid also ends its workers (Linux), one torch thread each."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the grid died before prctl took effect
+        os._exit(1)
+
+
+def _worker_execute(
+    spec: RunSpec, cfg: DictConfig, run_dir: Path, runner: Runner, threads: int
+) -> RunResult:  # pragma: no cover - runs in the worker processes (tested through run_grid)
+    import sys
+
+    import torch
+
+    # the run's output goes to OUT/logs/<id>.log (progress bars of several runs would interleave)
+    log_file = run_dir.parent.parent / "logs" / f"{spec.id}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as handle:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    torch.set_num_threads(threads)
+    return _execute(spec, cfg, run_dir, runner)
+
+
+def _execute_parallel(
+    todo: list[tuple[int, RunSpec, DictConfig, Path]],
+    runner: Runner,
+    jobs: int,
+    total: int,
+    on_run_start: Callable[[RunSpec, int, int], None] | None,
+    record: Callable[..., None],
+) -> None:
+    """Runs ``todo`` in ``jobs`` worker processes; each result is recorded as it finishes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_die_with_parent) as pool:
+        futures = {}
+        for index, spec, cfg, run_dir in todo:
+            if on_run_start is not None:
+                on_run_start(spec, index, total)
+            futures[pool.submit(_worker_execute, spec, cfg, run_dir, runner, threads)] = (
+                index,
+                spec,
+                run_dir,
+            )
+        for future in as_completed(futures):
+            index, spec, run_dir = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:  # the worker itself died (e.g. killed for memory)
+                result = _failed(run_dir, spec, err, 0.0, None)
+            record(index, result, executed=True)
 
 
 def _pretrained_prior(grid: Grid) -> Callable[[DictConfig], DictConfig] | None:

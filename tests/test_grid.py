@@ -269,3 +269,27 @@ def test_a_grid_pretrains_its_face_prior_once_and_hands_it_to_matching_runs(tmp_
     stamp = weights.stat().st_mtime_ns
     run_grid(Grid.load(raw), tmp_path / "g2", runner=runner)
     assert weights.stat().st_mtime_ns == stamp  # reused from the cache, not trained again
+
+
+def test_parallel_jobs_give_the_sequential_results_and_record_failures(tmp_path):
+    raw = {"name": "p", "base": BASE, "grid": {"train.lr": [0.1, 0.2, -1.0]}}
+    sequential = run_grid(Grid.load(raw), tmp_path / "seq", runner=fake_metrics)
+    parallel = run_grid(Grid.load({**raw, "jobs": 2}), tmp_path / "par", runner=fake_metrics)
+    assert [(r.id, r.status) for r in parallel] == [(r.id, r.status) for r in sequential]
+    assert [r.status for r in parallel] == [DONE, DONE, FAILED]
+    assert "negative learning rate" in parallel[2].error
+    assert _results_without_timings(tmp_path / "par") == _results_without_timings(tmp_path / "seq")
+    # each worker wrote its run's output to OUT/logs/<id>.log; a rerun skips everything
+    assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == [
+        "lr=-1.0.log",
+        "lr=0.1.log",
+        "lr=0.2.log",
+    ]
+    again = run_grid(Grid.load(raw), tmp_path / "par", runner=fake_metrics, jobs=2)
+    assert all(r.skipped for r in again)
+
+
+@pytest.mark.parametrize("jobs", [0, "two", True])
+def test_grid_jobs_must_be_a_positive_integer(jobs):
+    with pytest.raises(ConfigError, match="jobs"):
+        Grid.load({"name": "p", "base": BASE, "jobs": jobs})

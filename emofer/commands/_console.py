@@ -50,3 +50,14 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
 
 def console() -> Console:
     return Console()
+
+
+def print_run_result(con: Any, result: Any, word: str = "run") -> None:
+    """One line when a run of a grid ends: its UAR/WAR and time, or its error."""
+    if result.status == "done":
+        uar, war = (result.metrics.get(k, float("nan")) for k in ("uar", "war"))
+        con.print(
+            f"[green]{word} {result.id} done[/] in {result.seconds:.0f} s: UAR {uar:.3f}, WAR {war:.3f}"
+        )
+    else:
+        con.print(f"[red]{word} {result.id} failed[/]: {result.error}")

@@ -12,10 +12,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     parser.add_argument("--grid", help="another grid file to run instead of the quickstart")
     parser.add_argument("--retry-failed", action="store_true", help="rerun variants that failed before")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="variants that train at once, each in its own process (default: the grid's jobs:)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from emofer.commands._console import console, results_table
+    from emofer.commands._console import console, print_run_result, results_table
     from emofer.demo import QUICKSTART, run_demo
     from emofer.report import rows
 
@@ -29,8 +34,16 @@ def run(args: argparse.Namespace) -> int:
     def announce(spec, index, total):
         con.rule(f"[bold]variant {index + 1}/{total}: {spec.id}")
 
+    def finished(result, index, total):
+        print_run_result(con, result, "variant")
+
     result = run_demo(
-        args.out, args.grid or QUICKSTART, retry_failed=args.retry_failed, on_run_start=announce
+        args.out,
+        args.grid or QUICKSTART,
+        retry_failed=args.retry_failed,
+        on_run_start=announce,
+        on_run_end=finished,
+        jobs=args.jobs,
     )
     con.print(results_table(rows(result.results), title="quickstart on SynthFER (test split)"))
     out = result.out

@@ -13,6 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", help="grid YAML file, or the name of a shipped grid (e.g. quickstart)")
     parser.add_argument("--out", help="output folder (default: runs/<grid name>)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs that execute at once, each in its own process (default: the grid's jobs:, else 1)",
+    )
 
 
 def resolve_grid(name: str) -> Path:
@@ -31,7 +36,7 @@ def resolve_grid(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emofer.commands._console import console, results_table
+    from emofer.commands._console import console, print_run_result, results_table
     from emofer.grid import Grid, run_grid
     from emofer.report import rows
 
@@ -42,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     def announce(spec, index, total):
         con.rule(f"[bold]run {index + 1}/{total}: {spec.id}")
 
-    results = run_grid(grid, out, retry_failed=args.retry_failed, on_run_start=announce)
+    def finished(result, index, total):
+        print_run_result(con, result, "run")
+
+    results = run_grid(
+        grid, out, retry_failed=args.retry_failed, on_run_start=announce, on_run_end=finished, jobs=args.jobs
+    )
     con.print(results_table(rows(results), title=f"grid {grid.name}"))
     con.print(f"results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}, {out / 'results.png'}")
     return 0 if all(r.status == "done" for r in results) else 1
