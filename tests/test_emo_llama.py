@@ -44,7 +44,7 @@ def test_tiny_is_the_emo_llama_composition(tiny: EmoFERModel) -> None:
     assert isinstance(tiny.fusion, FaceInfoMining)
     assert isinstance(tiny.fusion.visual, LlamaVidTokens)
     assert tiny.fusion.text_guided and tiny.fusion.visual.text_guided
-    assert tiny.fusion.num_output_tokens == 2 + 8
+    assert tiny.fusion.num_output_tokens == 1 + 16 + 8  # context + 4x4 content grid + face tokens
     assert tiny.cfg.prompt.agr and tiny.cfg.prompt.template == "vicuna_v1"
 
 
