@@ -289,9 +289,9 @@ def run_grid(
     With one job, runs execute one after the other in this process (a run
     whose Lightning strategy uses several processes has them launched by
     Lightning). With ``jobs > 1``, that many runs execute at once, each in its
-    own worker process with ``cpu_count // jobs`` torch threads — on a CPU,
-    two one-thread runs of tiny models finish far sooner than two two-thread
-    runs one after the other. Workers die with the grid process, so a killed
+    own worker process with ``cpu_count // jobs`` torch threads (tiny models
+    use a CPU core poorly through intra-op threads, so on a CPU separate runs
+    keep the cores busier). Workers die with the grid process, so a killed
     grid leaves no orphan writing into its folder.
 
     Args:
@@ -362,7 +362,7 @@ def run_grid(
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the worker processes
-    """Worker initializer: a SIGKILL of the grid also ends its workers (Linux), one torch thread each."""
+    """Worker initializer: a SIGKILL of the grid also ends its workers (Linux)."""
     import ctypes
     import signal
     import sys
