@@ -100,10 +100,14 @@ def bar_chart(results: Sequence[RunResult], path: str | os.PathLike[str], title:
         bars = ax.bar(x + offset, values, width=0.4, label=label)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
     ax.set_xticks(x, [r.id for r in done], rotation=20, ha="right", fontsize=8)
+    classes = {len(r.metrics["confusion"]) for r in done if r.metrics.get("confusion")}
+    if len(classes) == 1:  # every run has the same K classes: chance UAR is 1/K
+        k = classes.pop()
+        ax.axhline(1 / k, color="grey", linestyle="--", linewidth=1, label=f"chance (1/{k})")
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("score")
     ax.set_title(title or "UAR / WAR per run")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     _save(fig, Path(path))
 
 
