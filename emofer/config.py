@@ -120,6 +120,9 @@ class TrainConfig:
     out_dir: str = "runs"
     checkpoint_every: int = field(default=100, metadata=_help("optimizer steps between checkpoints"))
     val_every: int = field(default=0, metadata=_help("steps between validations with data.val; 0 = per epoch"))
+    init_from: str | None = field(
+        default=None, metadata=_help("a save_pretrained (or run) folder whose weights this run starts from")
+    )
 
 
 @dataclass

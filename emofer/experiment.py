@@ -277,6 +277,10 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
+    if cfg.train.init_from:
+        source = Path(cfg.train.init_from)
+        model.load_weights(source / MODEL_DIR if (source / MODEL_DIR).is_dir() else source)
+        log.info("starting from the weights of %s", source)
     cache = _feature_cache(cfg, model)
     datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)

@@ -3,8 +3,12 @@
 A grid file has a ``base`` (a preset name, a config path or an inline
 config), optional ``overrides`` applied to every run, and ``grid`` (dotted
 keys to lists of values; their cartesian product) and/or ``runs`` (an
-explicit list of ``{id, preset, overrides}``). When both are given, every
-explicit run is crossed with every grid point. An optional
+explicit list of ``{id, preset, overrides, init_from}``). When both are
+given, every explicit run is crossed with every grid point. ``init_from:
+<id of an earlier run>`` starts a run from that run's trained model (its
+``model/`` folder, as ``train.init_from``) at the same grid point: it waits
+for that run, reruns when that run reruns, and fails when it fails (e.g. a
+video model fine-tuned from the image model). An optional
 ``pretrain: {face_prior: {...}}`` pretrains a face prior first (see
 :func:`emofer.pretrain.pretrain_face_prior`, cached) and hands its weights
 to every run whose ``model.face_prior`` is that prior.
@@ -55,9 +59,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from emofer.config import ConfigError, atomic_write_text, load_config, merge_raw, save_config, to_yaml
 
+MODEL_DIR = "model"  # a run folder's exported model (emofer.experiment.MODEL_DIR; not imported: torch-free)
+
 log = logging.getLogger(__name__)
 
 DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
+_WAIT = "wait"
 
 Runner = Callable[[DictConfig, Path], Mapping[str, Any]]
 """Runs one experiment config in a folder and returns its metrics (see :func:`emofer.experiment.run`)."""
@@ -72,12 +79,14 @@ class RunSpec:
         base: preset name, config path or inline config mapping.
         overrides: nested overrides merged over ``base``.
         varied: the values that distinguish this run (shown as result columns).
+        init_from: id of the run whose trained model this run starts from.
     """
 
     id: str
     base: str | dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)
     varied: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
     def config(self) -> DictConfig:
         """The run's resolved, validated experiment config."""
@@ -204,9 +213,13 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
     if not isinstance(explicit, list):
         raise ConfigError("'runs:' is a list of {id, preset, overrides}")
     runs: list[RunSpec] = []
+    entry_ids: list[Any] = []  # each entry's id, and its runs' ids per grid point
+    point_ids: list[list[str]] = []
     for n, entry in enumerate(explicit):
-        if not isinstance(entry, Mapping) or set(entry) - {"id", "preset", "overrides"}:
-            raise ConfigError(f"runs[{n}]: expected a mapping with keys id, preset, overrides; got {entry!r}")
+        if not isinstance(entry, Mapping) or set(entry) - {"id", "preset", "overrides", "init_from"}:
+            raise ConfigError(
+                f"runs[{n}]: expected a mapping with keys id, preset, overrides, init_from; got {entry!r}"
+            )
         run_base = _resolve_base(entry["preset"], root) if entry.get("preset") else base
         run_over = _overrides(entry.get("overrides"), f"runs[{n}]")
         run_id = entry.get("id") or (entry.get("preset") if entry.get("preset") else None)
@@ -214,7 +227,14 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
             over = entry["overrides"]
             pairs = over.items() if isinstance(over, Mapping) else (s.split("=", 1) for s in over)
             run_id = "+".join(_token(k, v) for k, v in pairs)
-        for point in itertools.product(*axes.values()):
+        source = entry.get("init_from")
+        if source is not None and source not in entry_ids:
+            raise ConfigError(
+                f"runs[{n}]: init_from {source!r} is not the id of an earlier run (earlier: {entry_ids})"
+            )
+        entry_ids.append(run_id)
+        point_ids.append([])
+        for p, point in enumerate(itertools.product(*axes.values())):
             varied = dict(zip(axes.keys(), point, strict=True))
             tokens = ([_token("id", str(run_id))] if run_id else []) + [
                 _token(k, v) for k, v in varied.items()
@@ -222,7 +242,9 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
             rid = "+".join(tokens) or (base if isinstance(base, str) else "run")
             rid = Path(rid).stem if rid.endswith((".yaml", ".yml")) else rid
             overrides = merge_raw(merge_raw(common, run_over), nest(varied))
-            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied=varied))
+            parent = point_ids[entry_ids.index(source)][p] if source is not None else None
+            point_ids[-1].append(rid)
+            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied=varied, init_from=parent))
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.id] = seen.get(run.id, 0) + 1
@@ -334,10 +356,13 @@ def run_grid(
             stale.unlink()
         pretrained = _pretrained_prior(grid)
         todo: list[tuple[int, RunSpec, DictConfig, Path]] = []
+        executing: set[str] = set()
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
             try:
                 cfg = spec.config()
+                if spec.init_from is not None:
+                    cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
                 if pretrained is not None:
                     cfg = pretrained(cfg)
                 if prepare is not None:
@@ -345,18 +370,37 @@ def run_grid(
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
                 record(index, _failed(run_dir, spec, err, 0.0, None))
                 continue
-            earlier = _finished_earlier(spec, cfg, run_dir, retry_failed)
+            # a run started from another run's model reruns whenever that run does
+            earlier = None if spec.init_from in executing else _finished_earlier(spec, cfg, run_dir, retry_failed)
             if earlier is not None:
                 record(index, earlier)
             else:
                 todo.append((index, spec, cfg, run_dir))
+                executing.add(spec.id)
+        position = {spec.id: i for i, spec in enumerate(grid.runs)}
+
+        def source_state(spec: RunSpec) -> str | None:
+            """None when the run can start, ``_WAIT`` while its init_from run is unfinished, else why it cannot."""
+            if spec.init_from is None:
+                return None
+            source = results.get(position[spec.init_from])
+            if source is None:
+                return _WAIT
+            if source.status == DONE:
+                return None
+            return f"its init_from run {spec.init_from!r} did not finish ({source.status}: {source.error})"
+
         if jobs == 1 or len(todo) <= 1:
             for index, spec, cfg, run_dir in todo:
+                state = source_state(spec)  # sources come earlier, so they have ended here
+                if state is not None:
+                    record(index, _failed(run_dir, spec, RuntimeError(state), 0.0, config_hash(cfg)), True)
+                    continue
                 if on_run_start is not None:
                     on_run_start(spec, index, len(grid.runs))
                 record(index, _execute(spec, cfg, run_dir, runner), executed=True)
         else:
-            _execute_parallel(todo, runner, jobs, len(grid.runs), on_run_start, record)
+            _execute_parallel(todo, runner, jobs, len(grid.runs), on_run_start, record, source_state)
         write_results([results[i] for i in sorted(results)], out, charts=True)
     return [results[i] for i in sorted(results)]
 
@@ -399,30 +443,51 @@ def _execute_parallel(
     total: int,
     on_run_start: Callable[[RunSpec, int, int], None] | None,
     record: Callable[..., None],
+    source_state: Callable[[RunSpec], str | None],
 ) -> None:
-    """Runs ``todo`` in ``jobs`` worker processes; each result is recorded as it finishes."""
+    """Runs ``todo`` in ``jobs`` worker processes; each result is recorded as it finishes.
+
+    Runs are handed to the pool in grid order; one with an ``init_from``
+    run is handed over once that run has finished (or recorded as failed
+    when that run failed).
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    pending = list(todo)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_die_with_parent) as pool:
-        futures = {}
-        for index, spec, cfg, run_dir in todo:
-            if on_run_start is not None:
-                on_run_start(spec, index, total)
-            futures[pool.submit(_worker_execute, spec, cfg, run_dir, runner, threads)] = (
-                index,
-                spec,
-                run_dir,
-            )
-        for future in as_completed(futures):
-            index, spec, run_dir = futures[future]
-            try:
-                result = future.result()
-            except Exception as err:  # the worker itself died (e.g. killed for memory)
-                result = _failed(run_dir, spec, err, 0.0, None)
-            record(index, result, executed=True)
+        futures: dict[Any, tuple[int, RunSpec, Path]] = {}
+        while pending or futures:
+            changed = True
+            while changed:  # a recorded failure may settle the runs that wait on it
+                changed = False
+                for item in list(pending):
+                    index, spec, cfg, run_dir = item
+                    state = source_state(spec)
+                    if state == _WAIT:
+                        continue
+                    pending.remove(item)
+                    if state is not None:
+                        failure = _failed(run_dir, spec, RuntimeError(state), 0.0, config_hash(cfg))
+                        record(index, failure, executed=True)
+                        changed = True
+                        continue
+                    if on_run_start is not None:
+                        on_run_start(spec, index, total)
+                    future = pool.submit(_worker_execute, spec, cfg, run_dir, runner, threads)
+                    futures[future] = (index, spec, run_dir)
+            if not futures:
+                break  # unreachable: a waiting run's source is earlier, so it ran or is running
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, spec, run_dir = futures.pop(future)
+                try:
+                    result = future.result()
+                except Exception as err:  # the worker itself died (e.g. killed for memory)
+                    result = _failed(run_dir, spec, err, 0.0, None)
+                record(index, result, executed=True)
 
 
 def _pretrained_prior(grid: Grid) -> Callable[[DictConfig], DictConfig] | None:

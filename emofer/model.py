@@ -359,31 +359,48 @@ class EmoFERModel(nn.Module):
         if adapters:
             self.llm.save_adapter(directory / ADAPTER_DIR)
 
+    def load_weights(self, directory: str | os.PathLike[str]) -> None:
+        """Loads the weights a :meth:`save_pretrained` folder holds into this model, strictly.
+
+        The folder's model must have this model's parts and shapes (its
+        config may differ in what holds no weights, e.g. ``temporal`` or
+        ``prompt``): how a run starts from another run's model
+        (``train.init_from``).
+
+        Raises:
+            FileNotFoundError: ``directory`` holds no weights file.
+            RuntimeError: a weight is missing, unexpected or of another shape (named).
+        """
+        from safetensors import safe_open
+
+        directory = Path(directory)
+        if not (directory / WEIGHTS_FILE).exists():
+            raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; is it a save_pretrained directory?")
+        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        tensors.update({alias: tensors[key] for alias, key in aliases.items()})
+        mismatch = f"{directory / WEIGHTS_FILE} does not fit this model"
+        try:
+            missing, unexpected = self.load_state_dict(tensors, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise RuntimeError(f"{mismatch}: {err}") from None
+        not_restored = sorted(set(missing) - self._source_keys())
+        if unexpected or not_restored:
+            raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
+        if (directory / ADAPTER_DIR).exists():
+            self.llm.load_adapter(directory / ADAPTER_DIR)
+
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> EmoFERModel:
         """Rebuilds a model written by :meth:`save_pretrained` (safetensors only, nothing unpickled)."""
-        from safetensors import safe_open
-
         from emofer.config import load_config
 
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
         model = build_model(load_config(directory / CONFIG_FILE))
-        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        tensors.update({alias: tensors[key] for alias, key in aliases.items()})
-        mismatch = f"{directory / WEIGHTS_FILE} does not match the model its config builds"
-        try:
-            missing, unexpected = model.load_state_dict(tensors, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            raise RuntimeError(f"{mismatch}: {err}") from None
-        not_restored = sorted(set(missing) - model._source_keys())
-        if unexpected or not_restored:
-            raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
-        if (directory / ADAPTER_DIR).exists():
-            model.llm.load_adapter(directory / ADAPTER_DIR)
+        model.load_weights(directory)
         return model
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from emofer.cli import main
 
@@ -119,6 +120,22 @@ def test_predict_names_missing_files(trained, capsys):
     assert "no-such.png" in capsys.readouterr().err
 
 
+def test_train_init_from_starts_from_another_runs_model(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "finetuned"
+    args = ["train", "-c", "classifier-tiny", *TINY[:-1], "train.max_steps=2", "train.lr=0.0"]
+    assert main([*args, f"train.init_from={trained}", "--out", str(out), "--no-progress"]) == 0
+    source = load_file(trained / "model" / "model.safetensors")
+    started = load_file(out / "model" / "model.safetensors")
+    weights = [k for k in source if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(weights) > 10 and all(torch.equal(source[k], started[k]) for k in weights)  # lr 0: as loaded
+    scratch = tmp_path / "scratch"
+    assert main([*args, "--out", str(scratch), "--no-progress"]) == 0
+    fresh = load_file(scratch / "model" / "model.safetensors")
+    assert not all(torch.equal(source[k], fresh[k]) for k in weights)
+
+
 def test_resume_continues_a_killed_training_run(tmp_path):
     out = tmp_path / "run"
     overrides = [*TINY[:-1], "train.max_steps=30", "train.checkpoint_every=3"]
@@ -133,8 +150,6 @@ def test_resume_continues_a_killed_training_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()
-
-    import torch
 
     killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < killed_at < 30

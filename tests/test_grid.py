@@ -293,3 +293,66 @@ def test_parallel_jobs_give_the_sequential_results_and_record_failures(tmp_path)
 def test_grid_jobs_must_be_a_positive_integer(jobs):
     with pytest.raises(ConfigError, match="jobs"):
         Grid.load({"name": "p", "base": BASE, "jobs": jobs})
+
+
+def chained_metrics(cfg: DictConfig, run_dir: Path) -> dict:
+    """Like fake_metrics, and writes a model folder; a run with init_from needs its source's."""
+    if cfg.train.init_from is not None and not (Path(cfg.train.init_from) / "weights").exists():
+        raise RuntimeError(f"started before {cfg.train.init_from} existed")
+    metrics = fake_metrics(cfg, run_dir)
+    (run_dir / "model").mkdir()
+    (run_dir / "model" / "weights").write_text(cfg.name)
+    return metrics
+
+
+CHAIN = {
+    "name": "chain",
+    "base": BASE,
+    "runs": [
+        {"id": "image"},
+        {"id": "other", "overrides": {"train.lr": 0.2}},
+        {"id": "video", "init_from": "image", "overrides": {"train.max_steps": 1}},
+    ],
+}
+
+
+def test_init_from_points_a_run_at_an_earlier_runs_model_at_the_same_grid_point():
+    runs = expand({**CHAIN, "grid": {"train.weight_decay": [0.0, 0.1]}})
+    assert [(r.id, r.init_from) for r in runs] == [
+        ("image+weight_decay=0.0", None),
+        ("image+weight_decay=0.1", None),
+        ("other+weight_decay=0.0", None),
+        ("other+weight_decay=0.1", None),
+        ("video+weight_decay=0.0", "image+weight_decay=0.0"),
+        ("video+weight_decay=0.1", "image+weight_decay=0.1"),
+    ]
+    for source in ("video", "nope"):
+        bad = {**CHAIN, "runs": [{"id": "video", "init_from": source}, {"id": "image"}]}
+        with pytest.raises(ConfigError, match="not the id of an earlier run"):
+            expand(bad)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_run_with_init_from_waits_for_its_source_and_reruns_with_it(tmp_path, jobs):
+    results = run_grid(Grid.load({**CHAIN, "jobs": jobs}), tmp_path, runner=chained_metrics)
+    assert [r.status for r in results] == [DONE, DONE, DONE]  # video started after image's model existed
+    saved = json.loads(json.dumps(read_status(tmp_path / "runs" / "video")))
+    config = (tmp_path / "runs" / "video" / "config.yaml").read_text()
+    assert f"init_from: {(tmp_path / 'runs' / 'image' / 'model').resolve()}" in config
+    # the source reruns (its config changed): so does the run started from it, though its own config did not
+    changed = {**CHAIN, "runs": [{"id": "image", "overrides": {"train.lr": 0.3}}, *CHAIN["runs"][1:]]}
+    again = run_grid(Grid.load({**changed, "jobs": jobs}), tmp_path, runner=chained_metrics)
+    assert [(r.id, r.skipped) for r in again] == [("image", False), ("other", True), ("video", False)]
+    assert read_status(tmp_path / "runs" / "video")["config_hash"] == saved["config_hash"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_run_whose_init_from_run_failed_is_recorded_failed(tmp_path, jobs):
+    broken = {**CHAIN, "runs": [{"id": "image", "overrides": {"train.lr": -1.0}}, *CHAIN["runs"][1:]]}
+    results = run_grid(Grid.load({**broken, "jobs": jobs}), tmp_path, runner=chained_metrics)
+    assert [r.status for r in results] == [FAILED, DONE, FAILED]
+    assert "init_from run 'image' did not finish" in results[2].error
+    assert not (tmp_path / "runs" / "video" / "model").exists()
+    # fixed and retried, the source runs and then the run that waits on it
+    retried = run_grid(Grid.load(CHAIN), tmp_path, runner=chained_metrics, retry_failed=True)
+    assert [(r.status, r.skipped) for r in retried] == [(DONE, False), (DONE, True), (DONE, False)]
