@@ -356,3 +356,16 @@ def test_a_run_whose_init_from_run_failed_is_recorded_failed(tmp_path, jobs):
     # fixed and retried, the source runs and then the run that waits on it
     retried = run_grid(Grid.load(CHAIN), tmp_path, runner=chained_metrics, retry_failed=True)
     assert [(r.status, r.skipped) for r in retried] == [(DONE, False), (DONE, True), (DONE, False)]
+
+
+def test_the_shipped_quickstart_grid_resolves():
+    from emofer.demo import QUICKSTART
+
+    grid = Grid.load(QUICKSTART)
+    assert [r.id for r in grid.runs] == ["emo-llama-tiny", "no-fim", "no-agr", "classifier-tiny", "video"]
+    assert {r.id: r.init_from for r in grid.runs}["video"] == "emo-llama-tiny"  # fine-tuned from the image model
+    configs = {r.id: r.config() for r in grid.runs}
+    assert configs["video"].data.num_frames == 4 and configs["emo-llama-tiny"].data.num_frames == 1
+    assert configs["classifier-tiny"].eval.mode == "classifier"
+    assert all(c.data.test[0].get("size") is None for c in configs.values())  # the full test split
+    assert grid.pretrain["face_prior"]["prior"] == dict(configs["emo-llama-tiny"].model.face_prior)
