@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -292,7 +293,10 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    with warnings.catch_warnings():
+        if model.cfg.freeze:  # frozen parts stay in eval mode by design (EmoFERModel.train)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     train_seconds = time.perf_counter() - start
     if trainer.is_global_zero:
         export_model(model, out / MODEL_DIR)
