@@ -1,5 +1,11 @@
 """A grid's results as files: ``results.csv``, ``results.md``, a UAR/WAR bar chart, confusion matrices.
 
+When a grid varies ``seed``, the runs that differ only in their seed are also
+summarised — mean and standard deviation of each metric over the seeds — in
+``summary.csv``, ``summary.md`` and ``summary.png`` (mean bars with ±1 std
+whiskers): one seed of a small model can be far from its average, and the
+summary is what to compare variants by.
+
 Every file is written atomically (to a temporary file, then renamed), so a
 killed grid never leaves a half-written result behind.
 """
@@ -10,6 +16,7 @@ import csv
 import io
 import logging
 import os
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +49,53 @@ def rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
         row["error"] = r.error
         out.append(row)
     return out
+
+
+SEED_KEY = "seed"
+"""The varied key that :func:`summary_rows` averages over."""
+SUMMARY_METRICS = ("uar", "war", "macro_f1", "invalid_rate")
+
+
+def seed_groups(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs that differ only in their seed, keyed by the run id without its ``seed=N`` part.
+
+    Empty when no run varies ``seed``.
+    """
+    if not any(SEED_KEY in r.varied for r in results):
+        return {}
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        name = "+".join(t for t in r.id.split("+") if not t.startswith(f"{SEED_KEY}=")) or "run"
+        groups.setdefault(name, []).append(r)
+    return groups
+
+
+def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """Per seed group (see :func:`seed_groups`): ``run``, ``seeds`` (finished runs), ``runs``, then
+    ``<metric>_mean`` and ``<metric>_std`` (sample std; None with fewer than two finished seeds)."""
+    out = []
+    for name, runs in seed_groups(results).items():
+        done = [r for r in runs if r.metrics.get("uar") is not None]
+        row: dict[str, Any] = {"run": name, "seeds": len(done), "runs": len(runs)}
+        for key in SUMMARY_METRICS:
+            values = [float(r.metrics[key]) for r in done if r.metrics.get(key) is not None]
+            row[f"{key}_mean"] = round(statistics.fmean(values), 4) if values else None
+            row[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else None
+        out.append(row)
+    return out
+
+
+def summary_markdown(summary: list[dict[str, Any]]) -> str:
+    """The seed summary as a Markdown table: ``mean ± std`` per metric."""
+    heads = ["run", "seeds", "UAR", "WAR", "macro F1", "invalid"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    for row in summary:
+        cells = [row["run"], f"{row['seeds']} of {row['runs']}"]
+        for key in SUMMARY_METRICS:
+            mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+            cells.append("" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _csv(table: list[dict[str, Any]]) -> str:
@@ -111,6 +165,27 @@ def bar_chart(results: Sequence[RunResult], path: str | os.PathLike[str], title:
     _save(fig, Path(path))
 
 
+def summary_chart(summary: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> None:
+    """A PNG of mean UAR and WAR per seed group, with ±1 std whiskers."""
+    import numpy as np
+
+    shown = [row for row in summary if row["uar_mean"] is not None]
+    fig = _figure(max(4.0, 1.1 * len(shown) + 1.5), 3.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(shown))
+    for offset, key, label in ((-0.2, "uar", "UAR"), (0.2, "war", "WAR")):
+        means = [row[f"{key}_mean"] for row in shown]
+        stds = [row[f"{key}_std"] or 0.0 for row in shown]
+        bars = ax.bar(x + offset, means, width=0.4, yerr=stds, capsize=3, label=label)
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], fontsize=7, padding=1, label_type="center")
+    ax.set_xticks(x, [f"{row['run']} (n={row['seeds']})" for row in shown], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("mean over seeds (±1 std)")
+    ax.set_title(title or "UAR / WAR over seeds")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    _save(fig, Path(path))
+
+
 def confusion_chart(metrics: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> None:
     """A PNG of a run's confusion matrix, rows normalised (true class) with counts printed."""
     import numpy as np
@@ -145,14 +220,22 @@ def write_results(results: Sequence[RunResult], out: str | os.PathLike[str], cha
     """Writes ``results.csv`` and ``results.md`` into ``out`` and, with ``charts``, the PNGs.
 
     The charts are ``results.png`` (UAR/WAR per run) and ``runs/<id>/confusion.png``.
+    A grid that varies ``seed`` also gets ``summary.csv``, ``summary.md`` and
+    (with ``charts``) ``summary.png``: see :func:`summary_rows`.
     """
     out = Path(out)
     atomic_write_text(out / "results.csv", _csv(rows(results)))
     atomic_write_text(out / "results.md", markdown_table(results))
+    summary = summary_rows(results)
+    if summary:
+        atomic_write_text(out / "summary.csv", _csv(summary))
+        atomic_write_text(out / "summary.md", summary_markdown(summary))
     if not charts:
         return
     if any(r.metrics.get("uar") is not None for r in results):
         bar_chart(results, out / "results.png", title=f"UAR / WAR — {out.name}")
+    if any(row["uar_mean"] is not None for row in summary):
+        summary_chart(summary, out / "summary.png", title=f"UAR / WAR over seeds — {out.name}")
     for r in results:
         target = out / "runs" / r.id / "confusion.png"
         if r.metrics.get("confusion") is not None and not target.exists():

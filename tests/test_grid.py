@@ -369,3 +369,38 @@ def test_the_shipped_quickstart_grid_resolves():
     assert configs["classifier-tiny"].eval.mode == "classifier"
     assert all(c.data.test[0].get("size") is None for c in configs.values())  # the full test split
     assert grid.pretrain["face_prior"]["prior"] == dict(configs["emo-llama-tiny"].model.face_prior)
+
+
+def seeded_metrics(cfg: DictConfig, run_dir: Path) -> dict:
+    """fake_metrics, moved by the seed (seed 2 with lr 0.2 fails)."""
+    if cfg.seed == 2 and cfg.train.lr == 0.2:
+        raise RuntimeError("diverged")
+    metrics = fake_metrics(cfg, run_dir)
+    metrics["uar"] = round(metrics["uar"] - 0.01 * cfg.seed, 4)
+    return metrics
+
+
+def test_a_grid_over_seeds_is_summarised_as_mean_and_std(tmp_path):
+    import statistics
+
+    from emofer.commands._console import summary_table
+    from emofer.report import summary_rows
+
+    raw = {"name": "s", "base": BASE, "grid": {"train.lr": [0.1, 0.2], "seed": [0, 1, 2]}}
+    results = run_grid(Grid.load(raw), tmp_path, runner=seeded_metrics)
+    assert [r.id for r in results][:3] == ["lr=0.1+seed=0", "lr=0.1+seed=1", "lr=0.1+seed=2"]
+    with open(tmp_path / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert [(r["run"], r["seeds"], r["runs"]) for r in summary] == [("lr=0.1", "3", "3"), ("lr=0.2", "2", "3")]
+    assert float(summary[0]["uar_mean"]) == pytest.approx(0.29)  # 0.3, 0.29, 0.28
+    assert float(summary[0]["uar_std"]) == pytest.approx(statistics.stdev([0.3, 0.29, 0.28]), abs=1e-4)
+    assert float(summary[1]["uar_mean"]) == pytest.approx(0.595)  # the failed seed is left out, and counted
+    assert "0.2900 ± 0.0100" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.png").stat().st_size > 0
+    rendered = __import__("rich.console").console.Console(width=200, record=True)
+    rendered.print(summary_table(summary_rows(results), "over seeds"))
+    text = rendered.export_text()
+    assert "2/3" in text and "0.5950 ± 0.0071" in text
+    # one seed per variant (or none varied): no summary
+    single = run_grid(Grid.load({**raw, "grid": {"train.lr": [0.1]}}), tmp_path / "one", runner=seeded_metrics)
+    assert summary_rows(single) == [] and not (tmp_path / "one" / "summary.csv").exists()

@@ -48,6 +48,22 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     return table
 
 
+def summary_table(summary: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """One row per seed group: mean ± std over the seeds (the rows of ``summary.csv``)."""
+    table = Table(title=title)
+    table.add_column("run")
+    table.add_column("seeds", justify="right")
+    for key in SCALARS:
+        table.add_column(LABELS[key], justify="right")
+    for row in summary:
+        cells = []
+        for key in SCALARS:
+            mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+            cells.append("" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+        table.add_row(row["run"], f"{row['seeds']}/{row['runs']}", *cells)
+    return table
+
+
 def console() -> Console:
     return Console()
 

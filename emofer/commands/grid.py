@@ -36,9 +36,9 @@ def resolve_grid(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emofer.commands._console import console, print_run_result, results_table
+    from emofer.commands._console import console, print_run_result, results_table, summary_table
     from emofer.grid import Grid, run_grid
-    from emofer.report import rows
+    from emofer.report import rows, summary_rows
 
     grid = Grid.load(resolve_grid(args.grid))
     out = Path(args.out) if args.out else Path("runs") / grid.name
@@ -55,4 +55,8 @@ def run(args: argparse.Namespace) -> int:
     )
     con.print(results_table(rows(results), title=f"grid {grid.name}"))
     con.print(f"results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}, {out / 'results.png'}")
+    summary = summary_rows(results)
+    if summary:
+        con.print(summary_table(summary, title=f"grid {grid.name}: mean ± std over seeds"))
+        con.print(f"over seeds: [bold]{out / 'summary.csv'}[/], {out / 'summary.md'}, {out / 'summary.png'}")
     return 0 if all(r.status == "done" for r in results) else 1
