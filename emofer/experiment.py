@@ -39,6 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from emofer.config import atomic_write_text, save_config
+from emofer.grid import MODEL_DIR
 
 if TYPE_CHECKING:
     import lightning as L
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR, MODEL_DIR = "checkpoints", "model"
+CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
 
 
@@ -279,9 +280,8 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
     if cfg.train.init_from:
-        source = Path(cfg.train.init_from)
-        model.load_weights(source / MODEL_DIR if (source / MODEL_DIR).is_dir() else source)
-        log.info("starting from the weights of %s", source)
+        model.load_weights(model_folder(cfg.train.init_from))
+        log.info("starting from the weights of %s", cfg.train.init_from)
     cache = _feature_cache(cfg, model)
     datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)
@@ -314,6 +314,12 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     return metrics
 
 
+def model_folder(path: str | os.PathLike[str]) -> Path:
+    """The exported model of a run folder (``path/model``), or ``path`` itself when it is not a run folder."""
+    path = Path(path)
+    return path / MODEL_DIR if (path / MODEL_DIR / "config.yaml").exists() else path
+
+
 def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) -> EmoFERModel:
     """A trained model from a ``save_pretrained`` folder, a run folder or a Lightning ``.ckpt``.
 
@@ -321,9 +327,7 @@ def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) ->
     """
     from emofer.model import EmoFERModel, build_model
 
-    path = Path(path)
-    if path.is_dir() and (path / MODEL_DIR / "config.yaml").exists():
-        path = path / MODEL_DIR
+    path = model_folder(path)
     if path.is_dir():
         return EmoFERModel.from_pretrained(path)
     if path.suffix == ".ckpt":

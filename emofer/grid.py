@@ -59,7 +59,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from emofer.config import ConfigError, atomic_write_text, load_config, merge_raw, save_config, to_yaml
 
-MODEL_DIR = "model"  # a run folder's exported model (emofer.experiment.MODEL_DIR; not imported: torch-free)
+MODEL_DIR = "model"
+"""Where a run folder holds its exported model (``save_pretrained``)."""
 
 log = logging.getLogger(__name__)
 

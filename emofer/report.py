@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,15 +85,19 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     return out
 
 
+def mean_std(row: Mapping[str, Any], key: str) -> str:
+    """``"0.8421 ± 0.0310"`` for ``key`` of a :func:`summary_rows` row (no ``±`` with one seed, empty with none)."""
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    return "" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+
 def summary_markdown(summary: list[dict[str, Any]]) -> str:
     """The seed summary as a Markdown table: ``mean ± std`` per metric."""
     heads = ["run", "seeds", "UAR", "WAR", "macro F1", "invalid"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for row in summary:
         cells = [row["run"], f"{row['seeds']} of {row['runs']}"]
-        for key in SUMMARY_METRICS:
-            mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-            cells.append("" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+        cells += [mean_std(row, key) for key in SUMMARY_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -55,11 +55,10 @@ def summary_table(summary: Sequence[Mapping[str, Any]], title: str) -> Table:
     table.add_column("seeds", justify="right")
     for key in SCALARS:
         table.add_column(LABELS[key], justify="right")
+    from emofer.report import mean_std
+
     for row in summary:
-        cells = []
-        for key in SCALARS:
-            mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-            cells.append("" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}"))
+        cells = [mean_std(row, key) for key in SCALARS]
         table.add_row(row["run"], f"{row['seeds']}/{row['runs']}", *cells)
     return table
 
