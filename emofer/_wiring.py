@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion.base import FusionSpec, PriorSpec
 from emofer.llm import LLM_HEADS
@@ -132,7 +132,7 @@ def probe_width(fusion: nn.Module, spec: FusionSpec) -> int:
     priors = None
     if spec.prior is not None:
         p = spec.prior
-        priors = FacePriors(
+        priors = FacePriorOutput(
             global_feat=meta(1, p.global_dim),
             local_feat=meta(1, p.num_local, p.local_dim),
             landmarks=meta(1, p.num_local, 2),

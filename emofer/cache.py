@@ -140,10 +140,10 @@ def _output(part: str, samples: list[dict[str, torch.Tensor]], device: torch.dev
 
     if part == "encoder":
         return cat("visual")
-    from emofer.encoders.base import FacePriors
+    from emofer.contracts import FacePriorOutput
 
     first = samples[0]
-    return FacePriors(
+    return FacePriorOutput(
         global_feat=cat("global_feat"),
         local_feat=cat("local_feat"),
         landmarks=cat("landmarks") if "landmarks" in first else None,

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from emofer.config import atomic_write_text, save_config
-from emofer.grid import MODEL_DIR
+from emofer.paths import MODEL_DIR, default_cache_dir, model_folder
 
 if TYPE_CHECKING:
     import lightning as L
@@ -52,11 +52,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
-
-
-def default_cache_dir() -> Path:
-    """emofer's cache folder: ``$EMOFER_CACHE`` or ``~/.cache/emofer``."""
-    return Path(os.environ.get("EMOFER_CACHE") or Path.home() / ".cache" / "emofer")
 
 
 def _world_size(cfg: DictConfig) -> int:
@@ -312,12 +307,6 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     if trainer.is_global_zero:
         write_outputs(out, metrics, records)
     return metrics
-
-
-def model_folder(path: str | os.PathLike[str]) -> Path:
-    """The exported model of a run folder (``path/model``), or ``path`` itself when it is not a run folder."""
-    path = Path(path)
-    return path / MODEL_DIR if (path / MODEL_DIR / "config.yaml").exists() else path
 
 
 def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) -> EmoFERModel:

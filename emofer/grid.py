@@ -58,9 +58,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from emofer.config import ConfigError, atomic_write_text, load_config, merge_raw, save_config, to_yaml
-
-MODEL_DIR = "model"
-"""Where a run folder holds its exported model (``save_pretrained``)."""
+from emofer.paths import MODEL_DIR
+from emofer.report import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -282,19 +281,6 @@ def _grid_lock(out: Path) -> Iterator[None]:
         except BlockingIOError:
             raise RuntimeError(f"another grid is running in {out} (it holds {out / '.grid.lock'})") from None
         yield
-
-
-@dataclass
-class RunResult:
-    """The outcome of one run (a row of ``results.csv``)."""
-
-    id: str
-    status: str
-    seconds: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    varied: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    skipped: bool = False
 
 
 def run_grid(

@@ -39,8 +39,8 @@ from emofer._wiring import (
     llm_overrides,
     model_node,
 )
+from emofer.contracts import FacePriorOutput
 from emofer.encoders import ENCODERS, FACE_PRIORS
-from emofer.encoders.base import FacePriors
 from emofer.fusion.temporal import build_temporal
 from emofer.llm import LLM_HEADS
 from emofer.llm.agr import ATTRIBUTE_LABELS, agr_sentences
@@ -65,7 +65,7 @@ class Features:
     """
 
     visual: torch.Tensor
-    priors: FacePriors | None = None
+    priors: FacePriorOutput | None = None
 
 
 @dataclass
@@ -193,7 +193,7 @@ class EmoFERModel(nn.Module):
         fused = self.fusion(features.visual, features.priors, text)
         return self.temporal(fused, frames), questions
 
-    def _agr(self, batch: Mapping[str, Any], priors: FacePriors | None, size: int, frames: int) -> list[str]:
+    def _agr(self, batch: Mapping[str, Any], priors: FacePriorOutput | None, size: int, frames: int) -> list[str]:
         keys = ("age", "gender", "race")
         if self.cfg.prompt.agr_source == "ground_truth":
             if "attributes" not in batch:

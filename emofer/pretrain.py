@@ -49,7 +49,7 @@ class _Collate:
         self.transform = transform
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        from emofer.encoders.facexformer import pixels_to_landmarks
+        from emofer.contracts import pixels_to_landmarks
 
         pixels, points = [], []
         for s in samples:
@@ -168,7 +168,7 @@ def pretrain_face_prior(
 
     from emofer.data import DATASETS
     from emofer.encoders import FACE_PRIORS
-    from emofer.experiment import default_cache_dir
+    from emofer.paths import default_cache_dir
 
     prior = dict(_plain(prior))
     data = dict(_plain(data) or {"name": "synthfer", "split": "train"})

@@ -238,12 +238,15 @@ class Registry:
 
 
 def _import_submodules(package: str) -> None:
-    """Imports every public submodule of ``package`` (built-ins register on import)."""
+    """Imports ``package`` and every public submodule of it (built-ins register on import).
+
+    ``package`` may be a plain module, which is imported alone.
+    """
     import importlib
     import pkgutil
 
     pkg = importlib.import_module(package)
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
 

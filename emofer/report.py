@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,24 @@ from emofer.config import atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from emofer.grid import RunResult
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("run", "status", "uar", "war", "macro_f1", "invalid_rate", "num_samples", "seconds")
 """The leading columns of ``results.csv`` (the varied values and ``error`` follow)."""
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run (a row of ``results.csv``)."""
+
+    id: str
+    status: str
+    seconds: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    varied: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    skipped: bool = False
 
 
 def rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:

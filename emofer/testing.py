@@ -35,8 +35,10 @@ import torch
 from emofer.data.instructions import category_question
 from emofer.labels import CANONICAL, FERID7
 from emofer.llm.agr import AGE_LABELS, agr_sentences
+from emofer.llm.loading import NAMED_LLMS
 from emofer.llm.parsing import ALIASES
 from emofer.llm.prompts import IMAGE_MARKER, PROMPT_TEMPLATES
+from emofer.paths import default_cache_dir
 
 ASSET_VERSION = 1
 """Bumped whenever the recipe below changes, so stale caches are not reused."""
@@ -154,11 +156,6 @@ def tiny_llama_config(tokenizer: Any) -> Any:
     )
 
 
-def cache_root() -> Path:
-    """Where emofer caches generated assets: ``$EMOFER_CACHE`` or ``~/.cache/emofer``."""
-    return Path(os.environ.get("EMOFER_CACHE") or Path.home() / ".cache" / "emofer")
-
-
 def _recipe_hash() -> str:
     recipe = {
         "version": ASSET_VERSION,
@@ -186,6 +183,7 @@ def write_tiny_llm(path: str | os.PathLike[str], seed: int = 0) -> Path:
     return path
 
 
+@NAMED_LLMS.register("tiny-llama")
 @functools.cache
 def tiny_llm_dir() -> Path:
     """The directory of the cached tiny LLaMA + tokenizer, created on first use.
@@ -193,7 +191,7 @@ def tiny_llm_dir() -> Path:
     Creation writes to a temporary directory and renames it, so concurrent
     processes (DDP tests, parallel workers) never see a half-written one.
     """
-    final = cache_root() / f"tiny-llama-{_recipe_hash()}"
+    final = default_cache_dir() / f"tiny-llama-{_recipe_hash()}"
     if (final / "config.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emofer.encoders.face_detect import FaceCropper, enlarge_box
+from emofer.face_detect import FaceCropper, enlarge_box
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_crop_is_the_face_box_enlarged_by_half(astronaut):
 def test_no_face_falls_back_to_the_whole_image_counted_and_warned_once(caplog):
     blank = Image.new("RGB", (120, 90), (128, 128, 128))
     cropper = FaceCropper()
-    with caplog.at_level("WARNING", logger="emofer.encoders.face_detect"):
+    with caplog.at_level("WARNING", logger="emofer.face_detect"):
         first, second = cropper(blank), cropper(blank)
     assert first is blank and second is blank
     assert (cropper.found, cropper.fallbacks) == (0, 2)

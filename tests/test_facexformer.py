@@ -13,15 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from emofer.encoders import FACE_PRIORS, FacePrior, FacePriors
+from emofer.contracts import ATTRIBUTE_LABELS, landmarks_to_pixels, pixels_to_landmarks
+from emofer.encoders import FACE_PRIORS, FacePrior, FacePriorOutput
 from emofer.encoders._two_way import Attention, PositionEmbeddingRandom
-from emofer.encoders.facexformer import (
-    FaceXFormer,
-    landmark_features,
-    landmarks_to_pixels,
-    pixels_to_landmarks,
-)
-from emofer.llm.agr import ATTRIBUTE_LABELS
+from emofer.encoders.facexformer import FaceXFormer, landmark_features
 
 REFERENCE = Path(__file__).parent / "data" / "facexformer_reference.json"
 TINY = {"facexformer-tiny": {}, "facexformer": None, "none": None}
@@ -75,7 +70,7 @@ def test_prior_contract(name):
     pixels = torch.randn(2, 3, prior.image_size, prior.image_size)
 
     out = prior(pixels)
-    assert isinstance(out, FacePriors)
+    assert isinstance(out, FacePriorOutput)
     assert out.global_feat.shape == (2, prior.global_dim)
     assert out.local_feat.shape == (2, prior.num_local, prior.local_dim)
     assert out.landmarks.shape == (2, prior.num_local, 2)

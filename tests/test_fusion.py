@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS, FusionSpec, PriorSpec
 from emofer.fusion._blocks import QueryTransformer, match_batch
 from emofer.fusion.face_info_mining import IBUG68_REGIONS, FaceInfoMining, fourier_encode
@@ -24,8 +24,8 @@ TINY_KWARGS = {
 }
 
 
-def make_priors(batch: int = B, prior: PriorSpec = PRIOR, landmarks: bool = True) -> FacePriors:
-    return FacePriors(
+def make_priors(batch: int = B, prior: PriorSpec = PRIOR, landmarks: bool = True) -> FacePriorOutput:
+    return FacePriorOutput(
         global_feat=torch.randn(batch, prior.global_dim),
         local_feat=torch.randn(batch, prior.num_local, prior.local_dim),
         landmarks=torch.rand(batch, prior.num_local, 2) * 2 - 1 if landmarks else None,

@@ -14,7 +14,7 @@ from torch import nn
 
 import emofer
 from emofer.encoders import FACE_PRIORS
-from emofer.encoders.base import FacePrior, FacePriors
+from emofer.encoders.base import FacePrior, FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion.base import Fusion
 from emofer.llm import LLM_HEADS
@@ -39,11 +39,11 @@ class AttributePrior(FacePrior):
         self.attribute_labels = dict(ATTRIBUTE_LABELS)
         self.proj = nn.Linear(3, 8)
 
-    def forward(self, pixels: torch.Tensor) -> FacePriors:
+    def forward(self, pixels: torch.Tensor) -> FacePriorOutput:
         mean = pixels.mean(dim=(2, 3))  # [B,3]
         age = torch.zeros(len(pixels), 8)
         age[:, 2], age[:, 5] = mean[:, 0], mean[:, 1]
-        return FacePriors(
+        return FacePriorOutput(
             global_feat=self.proj(mean),
             local_feat=torch.zeros(len(pixels), 68, 4),
             attributes={

@@ -35,7 +35,7 @@ ATTRIBUTES = ("age", "gender", "race")
 
 def crop_bounds(box: Sequence[float], size: tuple[int, int], margin: float = 0.5) -> Box:
     """``(left, top, right, bottom)`` of an ``(x, y, w, h)`` box grown by ``margin`` (FaceXFormer's 50%)."""
-    from emofer.encoders.face_detect import enlarge_box
+    from emofer.face_detect import enlarge_box
 
     x, y, w, h = (int(round(v)) for v in box)
     return enlarge_box((x, y, w, h), size, margin)
@@ -108,7 +108,7 @@ class SampleProcessor:
         box = sample.get("box")
         if box is None:
             if self.face_detector is None:
-                from emofer.encoders.face_detect import FaceCropper
+                from emofer.face_detect import FaceCropper
 
                 self.face_detector = FaceCropper(margin=self.face_margin).detect
             box = self.face_detector(frames[len(frames) // 2])
@@ -159,7 +159,7 @@ def _is_image(media: Any) -> bool:
 
 def _unit_landmarks(lm: np.ndarray, idx: list[int], bounds: Box | None, size: tuple[int, int]) -> torch.Tensor:
     """Pixel landmarks (``[68,2]`` or ``[T,68,2]``) of the chosen frames to ``[-1,1]`` of the (cropped) frame."""
-    from emofer.encoders.facexformer import pixels_to_landmarks
+    from emofer.contracts import pixels_to_landmarks
 
     pts = torch.as_tensor(lm[None] if lm.ndim == 2 else lm[idx], dtype=torch.float32)
     if lm.ndim == 2:

@@ -4,7 +4,8 @@ Every public module in this package is imported on the first lookup of
 either registry, so built-in components register themselves there.
 """
 
-from emofer.encoders.base import FacePrior, FacePriors, VisionEncoder
+from emofer.contracts import FacePriorOutput, FacePriors
+from emofer.encoders.base import FacePrior, VisionEncoder
 from emofer.registry import Registry
 
 ENCODERS = Registry(
@@ -14,4 +15,4 @@ FACE_PRIORS = Registry(
     "face prior", "emofer.face_priors", builtin_packages=("emofer.encoders",), public_name="FACE_PRIORS"
 )
 
-__all__ = ["ENCODERS", "FACE_PRIORS", "FacePrior", "FacePriors", "VisionEncoder"]
+__all__ = ["ENCODERS", "FACE_PRIORS", "FacePrior", "FacePriorOutput", "FacePriors", "VisionEncoder"]

@@ -7,10 +7,11 @@ ever hard-coded in a config.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from emofer.contracts import FacePriorOutput
 
 
 class _Freezable(nn.Module):
@@ -56,37 +57,8 @@ class VisionEncoder(_Freezable):
         raise NotImplementedError  # pragma: no cover - abstract
 
 
-@dataclass
-class FacePriors:
-    """What a face-prior network knows about a face.
-
-    Attributes:
-        global_feat: ``[B,Dg]`` face embedding.
-        local_feat: ``[B,L,Dl]`` landmark-level (or region) features.
-        landmarks: ``[B,L,2]`` coordinates in ``[-1,1]`` (x, y), or None.
-        attributes: ``{name: logits [B,C]}``, e.g. ``age``, ``gender``, ``race``.
-        task_tokens: optional ``[B,K,Dt]`` decoder task tokens.
-    """
-
-    global_feat: torch.Tensor
-    local_feat: torch.Tensor
-    landmarks: torch.Tensor | None = None
-    attributes: dict[str, torch.Tensor] = field(default_factory=dict)
-    task_tokens: torch.Tensor | None = None
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> FacePriors:
-        """Applies ``fn`` to every tensor (reshape for video, detach, move)."""
-        return FacePriors(
-            global_feat=fn(self.global_feat),
-            local_feat=fn(self.local_feat),
-            landmarks=None if self.landmarks is None else fn(self.landmarks),
-            attributes={k: fn(v) for k, v in self.attributes.items()},
-            task_tokens=None if self.task_tokens is None else fn(self.task_tokens),
-        )
-
-
 class FacePrior(_Freezable):
-    """A face-analysis network: pixels to :class:`FacePriors`.
+    """A face-analysis network: pixels to :class:`FacePriorOutput`.
 
     Subclasses set ``global_dim``, ``local_dim``, ``num_local``,
     ``attribute_labels`` (``{attribute: [class names]}``), ``image_size``,
@@ -102,7 +74,7 @@ class FacePrior(_Freezable):
     num_task_tokens: int = 0
     task_token_dim: int = 0
 
-    def forward(self, pixels: torch.Tensor) -> FacePriors:  # pragma: no cover - abstract
+    def forward(self, pixels: torch.Tensor) -> FacePriorOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def transform(self, train: bool = False) -> Callable:

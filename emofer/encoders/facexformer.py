@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emofer.contracts import ATTRIBUTE_LABELS, FacePriorOutput
 from emofer.encoders import FACE_PRIORS
 from emofer.encoders._common import IMAGENET_MEAN, IMAGENET_STD, resize_transform
 from emofer.encoders._two_way import MLP, PositionEmbeddingRandom, TwoWayTransformer
-from emofer.encoders.base import FacePrior, FacePriors
-from emofer.llm.agr import ATTRIBUTE_LABELS
+from emofer.encoders.base import FacePrior
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,12 @@ class FaceXFormer(FacePrior):
         out["parsing"] = self.face_decoder.parse(tokens, image, fused.shape[2:])
         return out
 
-    def forward(self, pixels: torch.Tensor) -> FacePriors:
+    def forward(self, pixels: torch.Tensor) -> FacePriorOutput:
         pooled, fused = self.encode(pixels)
         tokens, _ = self.decode(fused)
         heads = self.face_decoder.predict(tokens)
         landmarks = heads["landmarks"]
-        return FacePriors(
+        return FacePriorOutput(
             global_feat=pooled,
             local_feat=landmark_features(fused, landmarks),
             landmarks=landmarks,
@@ -236,7 +236,7 @@ class FaceXFormer(FacePrior):
             return resize
         from torchvision.transforms import Compose
 
-        from emofer.encoders.face_detect import FaceCropper
+        from emofer.face_detect import FaceCropper
 
         return Compose([FaceCropper(), resize])
 
@@ -285,22 +285,6 @@ def landmark_features(feature_map: torch.Tensor, landmarks: torch.Tensor) -> tor
     grid = landmarks.unsqueeze(2).to(feature_map.dtype)  # [B,L,1,2]
     samples = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return samples.squeeze(3).transpose(1, 2)
-
-
-def landmarks_to_pixels(landmarks: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """``[-1,1]`` landmarks (``align_corners=False``) to pixel coordinates of a ``width x height`` image.
-
-    -1 and 1 are the outer edges of the image and pixel centres sit at
-    integer coordinates (FaceXFormer's ``denorm_points`` convention).
-    """
-    scale = landmarks.new_tensor([width, height])
-    return ((landmarks + 1) * scale - 1) / 2
-
-
-def pixels_to_landmarks(points: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pixel coordinates to ``[-1,1]`` landmarks; the inverse of :func:`landmarks_to_pixels`."""
-    scale = points.new_tensor([width, height])
-    return (2 * points + 1) / scale - 1
 
 
 def _layer_norm_2d(channels: int) -> nn.Module:

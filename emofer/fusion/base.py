@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Fusion(nn.Module):
     def forward(
         self,
         visual: torch.Tensor,
-        priors: FacePriors | None = None,
+        priors: FacePriorOutput | None = None,
         text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion._blocks import QueryTransformer, Text
 from emofer.fusion.base import Fusion, FusionSpec
@@ -82,7 +82,7 @@ class FaceInfoMining(Fusion):
         >>> spec = FusionSpec(32, 16, 48, prior=PriorSpec(global_dim=20, local_dim=12, num_local=68))
         >>> fim = FaceInfoMining(spec, visual={"name": "llama-vid", "dim": 16, "num_heads": 2},
         ...                      num_queries=4, dim=16, depth=1, num_heads=2)
-        >>> priors = FacePriors(torch.randn(2, 20), torch.randn(2, 68, 12), torch.rand(2, 68, 2) * 2 - 1)
+        >>> priors = FacePriorOutput(torch.randn(2, 20), torch.randn(2, 68, 12), torch.rand(2, 68, 2) * 2 - 1)
         >>> fim(torch.randn(2, 16, 32), priors).shape
         torch.Size([2, 6, 48])
     """
@@ -164,7 +164,7 @@ class FaceInfoMining(Fusion):
             n += len(IBUG68_REGIONS) if self.regions else prior.num_local
         return n
 
-    def global_clues(self, priors: FacePriors) -> torch.Tensor:
+    def global_clues(self, priors: FacePriorOutput) -> torch.Tensor:
         """``[B,k_g(+K),dim]`` tokens from the face embedding (and task tokens)."""
         feat = priors.global_feat.to(self.global_proj.weight.dtype)
         tokens = self.global_proj(feat).reshape(feat.shape[0], self.k_g, self.dim) + self.global_type
@@ -175,7 +175,7 @@ class FaceInfoMining(Fusion):
         task = self.task_proj(priors.task_tokens.to(self.task_proj.weight.dtype)) + self.task_type
         return torch.cat([tokens, task], dim=1)
 
-    def local_clues(self, priors: FacePriors) -> torch.Tensor:
+    def local_clues(self, priors: FacePriorOutput) -> torch.Tensor:
         """``[B,L or 5,dim]`` tokens from the landmark-level features and coordinates."""
         tokens = self.local_proj(priors.local_feat.to(self.local_proj.weight.dtype)) + self.local_index
         if priors.landmarks is not None:
@@ -185,7 +185,7 @@ class FaceInfoMining(Fusion):
             return tokens
         return torch.stack([tokens[:, r.start : r.stop].mean(dim=1) for r in IBUG68_REGIONS.values()], dim=1)
 
-    def face_tokens(self, priors: FacePriors, text: Text | None = None) -> torch.Tensor:
+    def face_tokens(self, priors: FacePriorOutput, text: Text | None = None) -> torch.Tensor:
         """The aggregated face tokens ``[B,num_queries,out_dim]``."""
         clues = []
         if self.use_global:
@@ -198,7 +198,7 @@ class FaceInfoMining(Fusion):
     def forward(
         self,
         visual: torch.Tensor,
-        priors: FacePriors | None = None,
+        priors: FacePriorOutput | None = None,
         text: Text | None = None,
     ) -> torch.Tensor:
         if priors is None:

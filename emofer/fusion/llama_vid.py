@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion._blocks import QueryTransformer, Text, mlp2x_gelu
 from emofer.fusion.base import Fusion, FusionSpec
@@ -127,7 +127,7 @@ class LlamaVidTokens(Fusion):
     def forward(
         self,
         visual: torch.Tensor,
-        priors: FacePriors | None = None,
+        priors: FacePriorOutput | None = None,
         text: Text | None = None,
     ) -> torch.Tensor:
         content = self.content_tokens(visual)

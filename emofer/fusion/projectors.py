@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion._blocks import mlp2x_gelu
 from emofer.fusion.base import Fusion, FusionSpec
@@ -25,7 +25,7 @@ class _TokenProjector(Fusion):
     def forward(
         self,
         visual: torch.Tensor,
-        priors: FacePriors | None = None,
+        priors: FacePriorOutput | None = None,
         text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return self.proj(visual)

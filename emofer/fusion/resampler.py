@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emofer.encoders.base import FacePriors
+from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion._blocks import QueryTransformer, Text
 from emofer.fusion.base import Fusion, FusionSpec
@@ -68,7 +68,7 @@ class Resampler(Fusion):
     def forward(
         self,
         visual: torch.Tensor,
-        priors: FacePriors | None = None,
+        priors: FacePriorOutput | None = None,
         text: Text | None = None,
     ) -> torch.Tensor:
         context = visual

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
-AGE_LABELS = ["0-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
-GENDER_LABELS = ["male", "female"]
-RACE_LABELS = ["White", "Black", "Indian", "Asian", "Others"]
-ATTRIBUTE_LABELS = {"age": AGE_LABELS, "gender": GENDER_LABELS, "race": RACE_LABELS}
-"""FaceXFormer's attribute classes, in its index order (DESIGN §4)."""
+from emofer.contracts import AGE_LABELS, ATTRIBUTE_LABELS, GENDER_LABELS, RACE_LABELS
+
+__all__ = ["AGE_LABELS", "ATTRIBUTE_LABELS", "GENDER_LABELS", "RACE_LABELS", "agr_sentences"]
 
 _GENDER_NOUNS = {"male": "a man", "female": "a woman"}
 _RACE_WORDS = {"Others": "of another ethnicity"}

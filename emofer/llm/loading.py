@@ -10,12 +10,12 @@ structure checks), or from a named built-in such as ``tiny-llama`` (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from emofer.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,18 @@ _DTYPES = {
 }
 
 
-def _tiny_llama() -> Path:
-    from emofer.testing import tiny_llm_dir
+NAMED_LLMS = Registry("named LLM", "emofer.named_llms", builtin_packages=("emofer.testing",), public_name="NAMED_LLMS")
+"""Built-in model ids resolved to local directories: each entry is a function returning the folder.
 
-    return tiny_llm_dir()
-
-
-NAMED_MODELS: dict[str, Callable[[], Path]] = {"tiny-llama": _tiny_llama}
-"""Built-in model ids resolved to local directories (created offline on first use)."""
+``tiny-llama`` is registered by :mod:`emofer.testing` (created offline on first
+use); plugins add their own with ``@NAMED_LLMS.register("my-llm")`` or an entry
+point in the group ``emofer.named_llms``.
+"""
 
 
 def resolve_path(path: str) -> str:
     """A named built-in id to its directory; any other path or hub id unchanged."""
-    return str(NAMED_MODELS[path]()) if path in NAMED_MODELS else path
+    return str(NAMED_LLMS.get(path)()) if path in NAMED_LLMS else path
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -66,7 +65,7 @@ def load_causal_lm(
     """An ``AutoModelForCausalLM`` from ``path`` (weights) or ``config`` (random init).
 
     Args:
-        path: local directory, hub id, or a :data:`NAMED_MODELS` id.
+        path: local directory, hub id, or a :data:`NAMED_LLMS` id.
         config: config kwargs (``model_type`` defaults to ``"llama"``) for a
             randomly initialised model; used only when ``path`` is None.
         dtype: parameter dtype (``"auto"`` keeps the checkpoint's).
