@@ -123,6 +123,10 @@ class TrainConfig:
     init_from: str | None = field(
         default=None, metadata=_help("a save_pretrained (or run) folder whose weights this run starts from")
     )
+    init_missing: str = field(
+        default="error",
+        metadata=_help("weights of this model that init_from lacks: 'error', or 'keep' them at initialisation"),
+    )
 
 
 @dataclass

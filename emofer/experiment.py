@@ -275,8 +275,9 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg)
     if cfg.train.init_from:
-        model.load_weights(model_folder(cfg.train.init_from))
+        kept = model.load_weights(model_folder(cfg.train.init_from), missing=cfg.train.init_missing)
         log.info("starting from the weights of %s", cfg.train.init_from)
+        atomic_write_text(out / "init.json", json.dumps({"init_from": str(cfg.train.init_from), "kept_at_init": kept}, indent=2))
     cache = _feature_cache(cfg, model)
     datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)

@@ -359,20 +359,33 @@ class EmoFERModel(nn.Module):
         if adapters:
             self.llm.save_adapter(directory / ADAPTER_DIR)
 
-    def load_weights(self, directory: str | os.PathLike[str]) -> None:
-        """Loads the weights a :meth:`save_pretrained` folder holds into this model, strictly.
+    def load_weights(self, directory: str | os.PathLike[str], missing: str = "error") -> list[str]:
+        """Loads the weights a :meth:`save_pretrained` folder holds into this model.
 
-        The folder's model must have this model's parts and shapes (its
-        config may differ in what holds no weights, e.g. ``temporal`` or
-        ``prompt``): how a run starts from another run's model
-        (``train.init_from``).
+        The folder's model must have this model's shapes, and every weight it
+        holds must have a place here (its config may differ in what holds no
+        weights, e.g. ``temporal`` or ``prompt``): how a run starts from another
+        run's model (``train.init_from``).
+
+        Args:
+            directory: a :meth:`save_pretrained` folder.
+            missing: ``"error"`` — every weight of this model must be in the
+                folder; ``"keep"`` — weights the folder lacks stay at their
+                initialisation (a base model without this model's Face Info
+                Mining branch, say), and are returned and logged.
+
+        Returns:
+            The parts kept at initialisation, as module prefixes (e.g.
+            ``fusion.face_queries``); empty when every weight was loaded.
 
         Raises:
             FileNotFoundError: ``directory`` holds no weights file.
-            RuntimeError: a weight is missing, unexpected or of another shape (named).
+            RuntimeError: a weight is unexpected or of another shape, or missing under ``missing="error"`` (named).
         """
         from safetensors import safe_open
 
+        if missing not in ("error", "keep"):
+            raise ValueError(f"missing must be 'error' or 'keep', not {missing!r}")
         directory = Path(directory)
         if not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; is it a save_pretrained directory?")
@@ -382,14 +395,18 @@ class EmoFERModel(nn.Module):
         tensors.update({alias: tensors[key] for alias, key in aliases.items()})
         mismatch = f"{directory / WEIGHTS_FILE} does not fit this model"
         try:
-            missing, unexpected = self.load_state_dict(tensors, strict=False)
+            absent, unexpected = self.load_state_dict(tensors, strict=False)
         except RuntimeError as err:  # shape mismatches
             raise RuntimeError(f"{mismatch}: {err}") from None
-        not_restored = sorted(set(missing) - self._source_keys())
-        if unexpected or not_restored:
+        not_restored = sorted(set(absent) - self._source_keys())
+        if unexpected or (not_restored and missing == "error"):
             raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
         if (directory / ADAPTER_DIR).exists():
             self.llm.load_adapter(directory / ADAPTER_DIR)
+        kept = kept_parts(not_restored, set(tensors))
+        if kept:
+            log.warning("kept at initialisation (not in %s): %s", directory, ", ".join(kept))
+        return kept
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> EmoFERModel:
@@ -447,3 +464,23 @@ def build_model(cfg: Any) -> EmoFERModel:
         if name in cfg.freeze:
             part.requires_grad_(False)
     return model.train()
+
+
+def kept_parts(absent: list[str], present: set[str]) -> list[str]:
+    """The shortest module prefixes that cover every absent key and no present one.
+
+    ``["fusion.face_queries", "fusion.face_proj.weight", "fusion.face_proj.bias"]`` with
+    nothing else under ``fusion.face_proj`` becomes ``["fusion.face_proj", "fusion.face_queries"]``.
+    """
+    out: set[str] = set()
+    for key in absent:
+        parts = key.split(".")
+        chosen = key
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            if not any(k == prefix or k.startswith(prefix + ".") for k in present):
+                chosen = prefix
+                break
+        out.add(chosen)
+    return sorted(out)
+

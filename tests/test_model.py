@@ -401,3 +401,32 @@ def test_round_trip_of_the_classifier_and_a_mismatched_config(tmp_path) -> None:
         EmoFERModel.from_pretrained(tmp_path / "cls")
     with pytest.raises(FileNotFoundError, match="holds no config.yaml"):
         EmoFERModel.from_pretrained(tmp_path / "nothing")
+
+
+def test_load_weights_keeps_absent_parts_at_initialisation_only_when_asked(tmp_path) -> None:
+    base = emofer.build_model(emofer.load_config(config(llm="classifier")))
+    base.save_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    richer = emofer.build_model(
+        emofer.load_config(config(llm="classifier", face_prior={"name": "facexformer-tiny", "image_size": 32}))
+    )
+    prior_before = {k: v.clone() for k, v in richer.face_prior.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"does not fit this model: missing \['face_prior\."):
+        richer.load_weights(tmp_path / "base")
+    kept = richer.load_weights(tmp_path / "base", missing="keep")
+    assert kept == ["face_prior"]
+    assert all(torch.equal(v, richer.face_prior.state_dict()[k]) for k, v in prior_before.items())
+    loaded = richer.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in base.state_dict().items())
+    with pytest.raises(RuntimeError, match="unexpected"):  # the other way round: the prior has no place
+        richer.save_pretrained(tmp_path / "richer")
+        base.load_weights(tmp_path / "richer", missing="keep")
+
+
+def test_kept_parts_names_the_shortest_prefixes() -> None:
+    from emofer.model import kept_parts
+
+    absent = ["fusion.face_queries", "fusion.face_proj.weight", "fusion.face_proj.bias"]
+    present = {"fusion.visual.proj.weight", "llm.head.weight"}
+    assert kept_parts(absent, present) == ["fusion.face_proj", "fusion.face_queries"]
+    assert kept_parts(["face_prior.a.b"], {"encoder.x"}) == ["face_prior"]
