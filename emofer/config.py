@@ -152,6 +152,26 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def preset_info(name: str) -> dict[str, str]:
+    """A shipped preset's ``description`` (the first sentence of its header comment) and ``extends``."""
+    path = PRESET_DIR / f"{name}.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if not text:
+            break
+        header.append(text)
+    words = " ".join(header)
+    end = words.find(". ")
+    description = words[: end + 1] if end >= 0 else words
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    parent = raw.get("extends") if isinstance(raw, dict) else None
+    return {"description": description, "extends": str(parent or "")}
+
+
 def _resolve_path(name_or_path: str | os.PathLike[str]) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -268,12 +288,27 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file (or folder) under the current umask.
+
+    ``tempfile`` creates private (0600/0700) files; what emofer writes through a
+    temp file gets this mode instead, so colleagues sharing a folder can read it.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temp file and rename (never half-written)."""
+    """Writes ``data`` to ``path`` through a temp file and rename (never half-written).
+
+    The file gets the umask's mode, as a plain ``open()`` would give it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
