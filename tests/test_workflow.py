@@ -17,7 +17,7 @@ def test_list_presets_shows_each_description_and_parent(capsys):
     assert main(["list", "presets"]) == 0
     out = capsys.readouterr().out
     assert "emo-llama-tiny-no-fim" in out and "extends" in out
-    row = next(line for line in out.splitlines() if "emo-llama-tiny-no-fim" in line)
+    row = next(line for line in out.splitlines() if line.startswith("│ emo-llama-tiny-no-fim "))
     assert row.rstrip(" │").endswith("emo-llama-tiny")
     assert preset_info("classifier-tiny")["description"].startswith("The supervised baseline without an LLM")
     assert preset_info("emo-llama-tiny-no-fim")["extends"] == "emo-llama-tiny"
