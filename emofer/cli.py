@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 
@@ -43,13 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rich.logging import RichHandler
+    from emofer.commands._logging import configure
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False)],
-    )
+    configure(verbose=args.verbose, progress=not getattr(args, "no_progress", False))
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

@@ -83,3 +83,22 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "results.csv").stat().st_mode) == 0o644
+
+
+def test_a_training_run_prints_each_message_once_without_adverts_or_bars(tmp_path):
+    """The console of `emofer train --no-progress`: Lightning's lines once, no litlogger advert,
+    no torch deprecation spam from Lightning's pytree helper, no weight-loading bar."""
+    import subprocess
+    import sys
+
+    overrides = [
+        "data.train=[{name: synthfer, split: train, size: 32}]",
+        "data.test=[{name: synthfer, split: test, size: 16}]",
+        "train.max_steps=2",
+    ]
+    cmd = [sys.executable, "-m", "emofer.cli", "train", "-c", "llava-tiny", *overrides, "--out", str(tmp_path / "r")]
+    done = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True, timeout=600)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert text.count("GPU available") == 1
+    assert "litlogger" not in text and "LeafSpec" not in text and "Loading weights" not in text
