@@ -147,6 +147,12 @@ class EmoFERModel(nn.Module):
                     part.eval()
         return self
 
+    @property
+    def input_size(self) -> int:
+        """The largest input resolution of the encoder and the face prior (pixels per side)."""
+        sizes = [self.encoder.image_size] + ([self.face_prior.image_size] if self.face_prior is not None else [])
+        return max(sizes)
+
     def transforms(self, train: bool = False) -> tuple[Callable, Callable | None]:
         """(encoder transform, face-prior transform or None): PIL image to ``[3,H,W]``."""
         prior = None if self.face_prior is None else self.face_prior.transform(train)
@@ -263,12 +269,14 @@ class EmoFERModel(nn.Module):
         num_frames: int = 8,
         batch_size: int = 16,
         max_new_tokens: int = 8,
+        face_crop: bool | None = None,
     ) -> list[Prediction]:
         """Predicts the expression of images and videos.
 
         Args:
             inputs: one input or a list of them: PIL images, image or video
-                paths, ``[3,H,W]`` image tensors or ``[T,3,H,W]`` video tensors
+                paths, frame folders (a clip as a folder of images, sorted by
+                name), ``[3,H,W]`` image tensors or ``[T,3,H,W]`` video tensors
                 (raw RGB, uint8 0-255 or float 0-1; the model's transforms run on them).
             labels: candidate labels; the model's classes by default.
             mode: ``"score"``, ``"generate"`` or ``"classifier"``.
@@ -276,12 +284,18 @@ class EmoFERModel(nn.Module):
             num_frames: frames sampled uniformly from each video file.
             batch_size: inputs per forward pass.
             max_new_tokens: generation budget in ``generate`` mode.
+            face_crop: crop the largest detected face (OpenCV's Haar cascade on
+                the middle frame, box enlarged by 50%, applied to every frame);
+                None (default) crops inputs whose sides both exceed twice the
+                model's input size — photos, not face crops — and leaves the rest.
         """
         from emofer.data.instructions import category_question
 
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         labels = list(labels) if labels is not None else self.classes
         clips = [_frames_of(x, num_frames) for x in items]
+        if face_crop is not False:
+            clips = crop_faces(clips, None if face_crop else 2 * self.input_size)
         enc_tf, prior_tf = self.transforms(False)
         was_training = self.training
         self.eval()
@@ -438,8 +452,39 @@ def _frames_of(item: Any, num_frames: int) -> list[Any]:
             raise ValueError(f"tensor inputs must be [3,H,W] or [T,3,H,W], got {tuple(item.shape)}")
         return [to_pil_image(f) for f in frames]
     if isinstance(item, (str, os.PathLike)):
+        if os.path.isdir(item):  # a frame folder, as the data sets read them
+            from emofer.data.media import list_frames
+            from emofer.data.video import uniform_indices
+
+            files = list_frames(item)
+            return [load_image(files[i]) for i in uniform_indices(len(files), num_frames)]
         return read_video(item, num_frames) if is_video_file(item) else [load_image(item)]
-    raise TypeError(f"cannot classify a {type(item).__name__}; pass PIL images, paths or tensors")
+    raise TypeError(f"cannot classify a {type(item).__name__}; pass PIL images, paths, frame folders or tensors")
+
+
+def crop_faces(clips: list[list[Any]], larger_than: int | None = None) -> list[list[Any]]:
+    """Each clip cropped to the largest face of its middle frame (the same box on every frame).
+
+    Args:
+        clips: lists of PIL frames.
+        larger_than: crop only clips whose frames exceed this size on both
+            sides; None crops every clip. A clip with no face found stays whole.
+    """
+    from emofer.face_detect import FaceCropper, enlarge_box
+
+    cropper = FaceCropper()
+    out = []
+    for frames in clips:
+        width, height = frames[0].size
+        box = None
+        if larger_than is None or min(width, height) > larger_than:
+            box = cropper.detect(frames[len(frames) // 2])
+        if box is None:
+            out.append(frames)
+            continue
+        region = enlarge_box(box, (width, height), cropper.margin)
+        out.append([f.crop(region) for f in frames])
+    return out
 
 
 def build_model(cfg: Any) -> EmoFERModel:
