@@ -205,3 +205,24 @@ def tiny_llm_dir() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def check_part(kind: str, name: str, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    """Checks a plugin part in a pytest test; raises AssertionError with the report when a check fails.
+
+    Same checks as ``emofer check-part`` (:func:`emofer.partcheck.check_part`, whose
+    keyword options it takes): the part builds into a tiny model, its declared
+    dims match its output, gradients reach its trainable parameters, and a few
+    steps on SynthFER lower the loss.
+
+    Example:
+        >>> from emofer.testing import check_part
+        >>> def test_my_encoder():
+        ...     check_part("encoders", "my-patch-encoder", {"image_size": 32})
+    """
+    from emofer.partcheck import check_part as run_checks
+
+    report = run_checks(kind, name, kwargs, **options)
+    assert report.ok, str(report)
+    return report
+

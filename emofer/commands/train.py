@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 NAME = "train"
 HELP = "train a preset or config file, export the model and evaluate it on the test split"
+
+RUN_DIR_ENV = "EMOFER_RUN_DIR"
+"""The run folder rank 0 chose, for the processes its multi-process strategy starts."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from emofer.experiment import train
 
     cfg = emofer.load_config(args.config, args.overrides)
-    out = run_folder(Path(cfg.train.out_dir), cfg.name, args.out, resume=args.resume, overwrite=args.overwrite)
     if is_rank_zero():
+        out = run_folder(Path(cfg.train.out_dir), cfg.name, args.out, resume=args.resume, overwrite=args.overwrite)
+        os.environ[RUN_DIR_ENV] = str(out)  # the processes a multi-process strategy starts inherit it
         console().print(f"run folder: [bold]{out}[/]")
+    else:  # started by rank 0's strategy, which chose the folder (or by torchrun: then --out names it)
+        chosen = os.environ.get(RUN_DIR_ENV) or args.out
+        if not chosen:
+            raise emofer.ConfigError("processes started by torchrun or SLURM need --out: every rank must write to one folder")
+        out = Path(chosen)
     metrics = train(cfg, out, resume=args.resume, progress=not args.no_progress)
     if is_rank_zero():
         con = console()
