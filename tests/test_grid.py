@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from emofer.config import ConfigError
 from emofer.grid import DONE, FAILED, Grid, expand, read_status, run_grid
+from emofer.grid.folder import read_job
 
 BASE = {"name": "t", "train": {"max_steps": 3, "lr": 0.1}}
 
@@ -279,12 +280,10 @@ def test_parallel_jobs_give_the_sequential_results_and_record_failures(tmp_path)
     assert [r.status for r in parallel] == [DONE, DONE, FAILED]
     assert "negative learning rate" in parallel[2].error
     assert _results_without_timings(tmp_path / "par") == _results_without_timings(tmp_path / "seq")
-    # each worker wrote its run's output to OUT/logs/<id>.log; a rerun skips everything
-    assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == [
-        "lr=-1.0.log",
-        "lr=0.1.log",
-        "lr=0.2.log",
-    ]
+    # each run was a job of its own, recorded in its folder with its log; a rerun skips everything
+    for run in parallel:
+        job = read_job(tmp_path / "par" / "runs" / run.id)
+        assert job["launcher"] == "local" and (Path(job["folder"]) / f"{job['job_id']}_0_log.err").exists()
     again = run_grid(Grid.load(raw), tmp_path / "par", runner=fake_metrics, jobs=2)
     assert all(r.skipped for r in again)
 

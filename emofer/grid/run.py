@@ -1,0 +1,317 @@
+"""Running a grid: hand its unfinished runs to a launcher, wait, collect the results from the run folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from emofer.config import atomic_write_text
+from emofer.grid.folder import (
+    DONE,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    Runner,
+    collect,
+    config_hash,
+    failed,
+    finished_earlier,
+    prepare_folder,
+    read_job,
+    read_status,
+)
+from emofer.grid.launchers import Launcher, Task, job_state, make_launcher, pid_alive
+from emofer.grid.spec import Grid, RunSpec, launcher_section
+from emofer.paths import MODEL_DIR
+from emofer.report import RunResult
+
+log = logging.getLogger(__name__)
+
+_WAIT = "wait"
+CONTROLLER_FILE = "grid.json"
+
+
+@contextmanager
+def _controller(out: Path) -> Iterator[None]:
+    """Records this process as the grid's controller in ``OUT/grid.json``; refuses a second live one."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CONTROLLER_FILE
+    if path.exists():
+        other = json.loads(path.read_text())
+        mine = other.get("host") == socket.gethostname() and other.get("pid") not in (None, os.getpid())
+        if mine and pid_alive(int(other["pid"])):
+            raise RuntimeError(f"another grid is running in {out} (process {other['pid']}, see {path})")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    atomic_write_text(path, json.dumps(me, indent=2) + "\n")
+    yield
+
+
+def _resolve(grid: Grid | str | os.PathLike[str], launcher: str | None) -> tuple[Grid, dict[str, Any]]:
+    if not isinstance(grid, Grid):
+        grid = Grid.load(grid)
+    section = grid.launcher if launcher is None else launcher_section({"launcher": grid.launcher}, launcher)
+    return grid, section
+
+
+def run_grid(
+    grid: Grid | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    retry_failed: bool = False,
+    runner: Runner | None = None,
+    prepare: Callable[[DictConfig], DictConfig] | None = None,
+    on_run_start: Callable[[RunSpec, int, int], None] | None = None,
+    jobs: int | None = None,
+    on_run_end: Callable[[RunResult, int, int], None] | None = None,
+    launcher: str | None = None,
+    wait: bool = True,
+) -> list[RunResult]:
+    """Runs every run of a grid that is not finished yet and writes the grid's results.
+
+    Runs are handed to the grid's launcher (``launcher:`` in the grid file,
+    or ``launcher``; see :mod:`emofer.grid.launchers`). A run whose job is
+    still queued or running from an earlier invocation (its ``job.json``)
+    is followed, not started again; a run found interrupted starts over.
+
+    Args:
+        grid: a :class:`Grid` or the path of a grid YAML file.
+        out: the grid's output folder.
+        retry_failed: rerun runs recorded as failed (otherwise they are reported and skipped).
+        runner: runs one config in a folder and returns its metrics; default
+            :func:`emofer.experiment.run` (a job of a submitit launcher unpickles it:
+            a module-level function or a picklable object).
+        prepare: a last edit of each run's resolved config before it is saved and run.
+        on_run_start: called with ``(run, index, total)`` when a run is handed to the launcher.
+        jobs: runs at once for ``local``/``submitit-local`` (default: the grid's ``jobs:``, else 1).
+        on_run_end: called with ``(result, index, total)`` after each run that executed.
+        launcher: a launcher name that replaces the grid's (``--launcher``).
+        wait: False submits every run and returns (``slurm``): the runs not finished are
+            returned as ``queued``; run the grid again to collect them.
+
+    Returns:
+        One :class:`RunResult` per run, in grid order.
+    """
+    from emofer.report import write_results
+
+    grid, section = _resolve(grid, launcher)
+    if runner is None:
+        from emofer.experiment import run as runner
+    jobs = grid.jobs if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if not wait and section["name"] != "slurm":
+        raise ValueError(f"only the slurm launcher submits without waiting, not {section['name']!r}")
+    out = Path(out)
+    total = len(grid.runs)
+    results: dict[int, RunResult] = {}
+
+    def record(index: int, result: RunResult, executed: bool = False) -> None:
+        results[index] = result
+        write_results([results[i] for i in sorted(results)], out, charts=False)
+        if executed and on_run_end is not None:
+            on_run_end(result, index, total)
+
+    with _controller(out):
+        for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
+            stale.unlink()
+        pretrained = _pretrained_prior(grid)
+        ex = make_launcher(section, out, jobs, runner, grid.name)
+        todo: list[Task] = []
+        active: list[Task] = []
+        executing: set[str] = set()
+        for index, spec in enumerate(grid.runs):
+            run_dir = out / "runs" / spec.id
+            try:
+                cfg = spec.config()
+                if spec.init_from is not None:
+                    cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
+                if pretrained is not None:
+                    cfg = pretrained(cfg)
+                if prepare is not None:
+                    cfg = prepare(cfg)
+                cfg = ex.shape(cfg)
+            except Exception as err:  # a run with a broken config is recorded, the grid goes on
+                record(index, failed(run_dir, spec, err, 0.0, None))
+                continue
+            # a run started from another run's model reruns whenever that run does
+            earlier = None if spec.init_from in executing else finished_earlier(spec, cfg, run_dir, retry_failed)
+            if earlier is not None:
+                record(index, earlier)
+                continue
+            task = Task(index, spec, cfg, run_dir)
+            executing.add(spec.id)
+            status, job = read_status(run_dir), read_job(run_dir)
+            unfinished = status["status"] in (QUEUED, RUNNING) and status.get("config_hash") == config_hash(cfg)
+            if unfinished and job is not None and ex.attach(task, job):
+                log.info("run %s: following its job %s, started earlier", spec.id, job["job_id"])
+                active.append(task)
+                continue
+            if status["status"] == RUNNING:
+                log.warning("run %s was interrupted; restarting it from scratch", spec.id)
+            todo.append(task)
+
+        by_id = {t.spec.id: t for t in todo + active}
+        grid_index = {spec.id: i for i, spec in enumerate(grid.runs)}
+
+        def source_state(spec: RunSpec) -> str | None:
+            """None when the run can start, ``_WAIT`` while its init_from run is unfinished, else why it cannot."""
+            if spec.init_from is None:
+                return None
+            source = results.get(grid_index[spec.init_from])
+            if source is None:
+                return _WAIT
+            if source.status == DONE:
+                return None
+            return f"its init_from run {spec.init_from!r} did not finish ({source.status}: {source.error})"
+
+        while todo or active:
+            started = _hand_over(ex, todo, active, by_id, source_state, record, on_run_start, total)
+            ended = _collect_ended(ex, active, source_state, record)
+            if not wait and not todo:
+                break
+            if not started and not ended:
+                time.sleep(ex.poll_s)
+                ex.poll()
+        for task in active:  # submitted, not waited for
+            results[task.index] = RunResult(task.spec.id, QUEUED, varied=task.spec.varied)
+        write_results([results[i] for i in sorted(results)], out, charts=wait)
+    return [results[i] for i in sorted(results)]
+
+
+def _hand_over(
+    ex: Launcher,
+    todo: list[Task],
+    active: list[Task],
+    by_id: dict[str, Task],
+    source_state: Callable[[RunSpec], str | None],
+    record: Callable[..., None],
+    on_run_start: Callable[[RunSpec, int, int], None] | None,
+    total: int,
+) -> int:
+    """Starts what can start now, in grid order; returns how many runs it started or settled."""
+    ready: list[Task] = []
+    after: dict[int, str] = {}
+    settled = 0
+    for task in list(todo):
+        state = source_state(task.spec)
+        if state == _WAIT:
+            source = by_id.get(task.spec.init_from or "")
+            if not (ex.dependencies and source is not None and source in active and source.job is not None):
+                continue
+            after[task.index] = str(source.job.job_id)
+        elif state is not None:
+            todo.remove(task)
+            record(task.index, failed(task.run_dir, task.spec, RuntimeError(state), 0.0, config_hash(task.cfg)), True)
+            settled += 1
+            continue
+        if not ex.fits(task):
+            continue
+        todo.remove(task)
+        ready.append(task)
+    if not ready:
+        return settled
+    for task in ready:
+        prepare_folder(task.run_dir, task.cfg)
+        if on_run_start is not None:
+            on_run_start(task.spec, task.index, total)
+    try:
+        ex.start(ready, after)
+    except Exception as err:  # e.g. sbatch refused the job: those runs fail, the grid goes on
+        for task in ready:
+            if task.job is None:
+                ex.release(task)
+                record(task.index, failed(task.run_dir, task.spec, err, 0.0, config_hash(task.cfg)), True)
+                settled += 1
+        ready = [t for t in ready if t.job is not None]
+    active.extend(ready)
+    return settled + len(ready)
+
+
+def _collect_ended(
+    ex: Launcher,
+    active: list[Task],
+    source_state: Callable[[RunSpec], str | None],
+    record: Callable[..., None],
+) -> int:
+    """Records the result of every task whose job has ended (from its run folder); returns how many."""
+    ended = 0
+    for task in list(active):
+        if not ex.ended(task):
+            continue
+        active.remove(task)
+        ex.release(task)
+        result = collect(task.spec, task.run_dir)
+        if result is None:
+            reason = source_state(task.spec)
+            why = reason if reason not in (None, _WAIT) else ex.why(task)
+            result = failed(task.run_dir, task.spec, why, None, config_hash(task.cfg))
+        record(task.index, result, True)
+        ended += 1
+    return ended
+
+
+def _pretrained_prior(grid: Grid) -> Callable[[DictConfig], DictConfig] | None:
+    """Runs the grid's face-prior pretraining (or finds it cached); returns what hands it to runs."""
+    if "face_prior" not in grid.pretrain:
+        return None
+    from emofer.pretrain import pretrain_face_prior, use_pretrained_prior
+
+    recipe = dict(grid.pretrain["face_prior"])
+    weights = pretrain_face_prior(**recipe)
+    return lambda cfg: use_pretrained_prior(cfg, recipe["prior"], weights)
+
+
+def grid_status(
+    grid: Grid | str | os.PathLike[str], out: str | os.PathLike[str], launcher: str | None = None
+) -> list[dict[str, Any]]:
+    """Where every run of a grid stands, read from its folder and its job, starting nothing.
+
+    Returns:
+        One row per run: ``run``, ``status`` (``pending``, ``queued``, ``running``, ``done``,
+        ``failed``, ``interrupted`` — its job ended without a result — or ``changed`` — its config
+        differs from the recorded run's), ``job`` (the job id) and ``detail`` (the error's last
+        line, the UAR of a finished run, or the job's log folder).
+    """
+    grid, section = _resolve(grid, launcher)
+    out = Path(out)
+    rows = []
+    for spec in grid.runs:
+        run_dir = out / "runs" / spec.id
+        status, job = read_status(run_dir), read_job(run_dir)
+        state, detail = status["status"], ""
+        try:
+            cfg = spec.config()
+            if spec.init_from is not None:
+                cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
+            from emofer.grid.launchers import slurm_shape
+
+            cfg = slurm_shape(cfg, section) if section["name"] == "slurm" else cfg
+            changed = state != PENDING and status.get("config_hash") not in (None, config_hash(cfg))
+        except Exception as err:
+            state, detail, changed = FAILED, f"{type(err).__name__}: {err}", False
+        if state in (QUEUED, RUNNING) and job is not None:
+            live = job_state(job)
+            if live == "ended":
+                state, detail = "interrupted", f"its job ended without a result (logs: {job.get('folder')})"
+            elif live in ("queued", "running"):
+                state = live
+        if state == FAILED and not detail:
+            lines = [line for line in str(status.get("error") or "").splitlines() if line.strip()]
+            detail = lines[-1] if lines else ""
+        if state == DONE:
+            metrics = run_dir / "metrics.json"
+            uar = json.loads(metrics.read_text()).get("uar") if metrics.exists() else None
+            detail = f"uar {uar:.4f}" if isinstance(uar, float) else ""
+        if changed and state not in ("queued", "running"):
+            state, detail = "changed", "its config changed since it ran: the next grid run reruns it"
+        rows.append({"run": spec.id, "status": state, "job": (job or {}).get("job_id", ""), "detail": detail})
+    return rows
