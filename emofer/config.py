@@ -127,6 +127,10 @@ class TrainConfig:
         default="error",
         metadata=_help("weights of this model that init_from lacks: 'error', or 'keep' them at initialisation"),
     )
+    loggers: list[Any] = field(
+        default_factory=lambda: ["csv"],
+        metadata=_help("Lightning loggers: names or {name, args}: csv, tensorboard, wandb, mlflow"),
+    )
 
 
 @dataclass

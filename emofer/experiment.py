@@ -8,7 +8,7 @@ What a run folder holds after :func:`train`:
 - ``metrics.json``: test metrics (see :func:`emofer.metrics.summarize`) plus run facts;
 - ``predictions.jsonl``: one line per test sample
   ``{"id", "true", "pred", "scores", "text"}`` (``pred`` is null for an invalid answer);
-- ``logs/``: Lightning's CSV log of the training curves.
+- ``logs/``: Lightning's CSV log of the training curves (other loggers: ``train.loggers``, :mod:`emofer.tracking`).
 
 Every result file is written atomically. Under a multi-process strategy
 (``ddp``, ``fsdp``, ``deepspeed``) every process trains and evaluates its share;
@@ -106,7 +106,8 @@ def build_trainer(
     """A Lightning ``Trainer`` for the config's ``train`` section, checkpointing into ``out``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger
+
+    from emofer.tracking import build_loggers
 
     t = cfg.train
     callbacks: list[Any] = [
@@ -121,6 +122,11 @@ def build_trainer(
     if progress:
         callbacks.append(RichProgressBar(leave=True))
     has_val = bool(cfg.data.val)
+    plugins = []
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit requeues a preempted job, not Lightning
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -132,7 +138,8 @@ def build_trainer(
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         callbacks=callbacks,
-        logger=CSVLogger(out, name="logs", version=""),
+        logger=build_loggers(t.loggers, out, cfg.name),
+        plugins=plugins or None,
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=10,
@@ -352,13 +359,19 @@ def evaluate(
     return metrics
 
 
-def run(cfg: DictConfig, out: Path) -> dict:
+def run(cfg: DictConfig, out: Path, resume: bool = False) -> dict:
     """Runs one grid run: :func:`train` here, or ``emofer train`` in a subprocess when Lightning must
-    launch several processes (they re-run their launching command, which must be that one run)."""
+    launch several processes (they re-run their launching command, which must be that one run).
+
+    ``resume`` continues from the run's last checkpoint (a preempted job requeued).
+    """
     if not launches_processes(cfg):
-        return train(cfg, out, progress=sys.stderr.isatty())
+        return train(cfg, out, resume=resume, progress=sys.stderr.isatty())
     save_config(cfg, out / "config.yaml")
     cmd = [sys.executable, "-m", "emofer.cli", "train", "-c", str(out / "config.yaml"), "--out", str(out)]
+    # --resume: the folder is this run's (the grid cleared it for a fresh run, so only a preempted run
+    # finds a checkpoint there); without it `emofer train` refuses a folder that holds files
+    cmd.append("--resume")
     log.info("launching %s", " ".join(cmd))
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:

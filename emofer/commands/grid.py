@@ -18,6 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="runs that execute at once, each in its own process (default: the grid's jobs:, else 1)",
     )
+    parser.add_argument(
+        "--launcher",
+        choices=["local", "local-gpus", "slurm", "submitit-local"],
+        help="where runs execute (default: the grid's launcher:, else local); see docs/grids.md",
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="print where every run stands (job ids, errors) and start nothing"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="slurm: submit the runs and return (run the grid again to collect)"
+    )
 
 
 def resolve_grid(name: str) -> Path:
@@ -43,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     grid = Grid.load(resolve_grid(args.grid))
     out = Path(args.out) if args.out else Path("runs") / grid.name
     con = console()
+    if args.status:
+        return print_status(con, grid, out, args.launcher)
 
     def announce(spec, index, total):
         con.rule(f"[bold]run {index + 1}/{total}: {spec.id}")
@@ -51,8 +64,17 @@ def run(args: argparse.Namespace) -> int:
         print_run_result(con, result, "run")
 
     results = run_grid(
-        grid, out, retry_failed=args.retry_failed, on_run_start=announce, on_run_end=finished, jobs=args.jobs
+        grid,
+        out,
+        retry_failed=args.retry_failed,
+        on_run_start=announce,
+        on_run_end=finished,
+        jobs=args.jobs,
+        launcher=args.launcher,
+        wait=not args.no_wait,
     )
+    if args.no_wait:
+        return print_status(con, grid, out, args.launcher)
     con.print(results_table(rows(results), title=f"grid {grid.name}"))
     con.print(f"results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}, {out / 'results.png'}")
     summary = summary_rows(results)
@@ -60,3 +82,26 @@ def run(args: argparse.Namespace) -> int:
         con.print(summary_table(summary, title=f"grid {grid.name}: mean ± std over seeds"))
         con.print(f"over seeds: [bold]{out / 'summary.csv'}[/], {out / 'summary.md'}, {out / 'summary.png'}")
     return 0 if all(r.status == "done" for r in results) else 1
+
+
+def print_status(con, grid, out: Path, launcher: str | None) -> int:
+    """Prints the ``--status`` table; exit status 1 when a run failed or was interrupted."""
+    from rich.table import Table
+
+    from emofer.grid import grid_status
+
+    rows = grid_status(grid, out, launcher)
+    table = Table(title=f"grid {grid.name} ({out})")
+    for head in ("run", "status", "job", "detail"):
+        table.add_column(head, overflow="fold")
+    colour = {"done": "green", "failed": "red", "interrupted": "red", "running": "cyan", "queued": "yellow"}
+    for row in rows:
+        style = colour.get(row["status"], "")
+        status = f"[{style}]{row['status']}[/]" if style else row["status"]
+        table.add_row(row["run"], status, str(row["job"]), row["detail"])
+    con.print(table)
+    counts = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    con.print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 1 if counts.get("failed") or counts.get("interrupted") else 0

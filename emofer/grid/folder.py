@@ -155,11 +155,11 @@ def execute(
     digest = config_hash(cfg)
     before = read_status(run_dir)
     started = before.get("started") if resume and before.get("started") else time.time()
+    attempts = int(before.get("attempts", 0)) + 1 if resume else 1
     if writer:
         if resume:
             log.info("run %s: continuing from its last checkpoint", spec.id)
-        status = {"status": RUNNING, "config_hash": digest, "started": started}
-        write_status(run_dir, {**status, "attempts": int(before.get("attempts", 0)) + 1})
+        write_status(run_dir, {"status": RUNNING, "config_hash": digest, "started": started, "attempts": attempts})
     try:
         metrics = dict(runner(cfg, run_dir, resume=True) if resume else runner(cfg, run_dir))
     except Exception as err:  # recorded with its traceback; the grid goes on
@@ -170,5 +170,5 @@ def execute(
     if writer:
         if not (run_dir / METRICS_FILE).exists():
             atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-        write_status(run_dir, {"status": DONE, "config_hash": digest, "seconds": seconds})
+        write_status(run_dir, {"status": DONE, "config_hash": digest, "seconds": seconds, "attempts": attempts})
     return RunResult(spec.id, DONE, seconds, metrics, spec.varied)

@@ -288,10 +288,11 @@ class SubmititLauncher(Launcher):
 
     def _start_slurm(self, tasks: list[Task], after: Mapping[int, str]) -> None:
         free = [t for t in tasks if t.index not in after]
-        with self.executor.batch():  # one job array
-            submitted = [self._submit(t) for t in free]
-        for task, job in zip(free, submitted, strict=True):
-            task.job = job
+        if free:
+            with self.executor.batch():  # one job array
+                submitted = [self._submit(t) for t in free]
+            for task, job in zip(free, submitted, strict=True):
+                task.job = job
         extra = dict(self.base.get("additional_parameters") or {})
         for task in (t for t in tasks if t.index in after):
             self.executor.update_parameters(
@@ -339,13 +340,13 @@ def slurm_parameters(section: Mapping[str, Any], grid_name: str) -> dict[str, An
 def slurm_shape(cfg: DictConfig, section: Mapping[str, Any]) -> DictConfig:
     """The run's ``train.devices``/``train.num_nodes`` set to the job's GPUs per node and nodes.
 
-    A run that asks for other numbers (not ``auto``) is an error naming both.
+    A run that asks for other numbers (other than the defaults, 1, or ``auto``) is an error naming both.
     """
     gpus, nodes = int(section.get("gpus_per_node") or 0), int(section.get("nodes", 1))
     if not gpus:
         return cfg
     devices = cfg.train.devices
-    if devices not in ("auto", -1, "-1", gpus, str(gpus)):
+    if devices not in ("auto", -1, "-1", 1, "1", gpus, str(gpus)):
         raise ConfigError(
             f"run {cfg.name} asks for train.devices={devices} but the launcher gives gpus_per_node={gpus}"
         )

@@ -30,10 +30,11 @@ from emofer.grid.folder import (
     read_job,
     read_status,
 )
-from emofer.grid.launchers import Launcher, Task, job_state, make_launcher, pid_alive
+from emofer.grid.launchers import Launcher, Task, job_state, make_launcher, pid_alive, slurm_shape
 from emofer.grid.spec import Grid, RunSpec, launcher_section
 from emofer.paths import MODEL_DIR
 from emofer.report import RunResult
+from emofer.tracking import group_runs
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def run_grid(
                     cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
                 if pretrained is not None:
                     cfg = pretrained(cfg)
+                cfg = group_runs(cfg, grid.name)
                 if prepare is not None:
                     cfg = prepare(cfg)
                 cfg = ex.shape(cfg)
@@ -185,6 +187,20 @@ def run_grid(
             results[task.index] = RunResult(task.spec.id, QUEUED, varied=task.spec.varied)
         write_results([results[i] for i in sorted(results)], out, charts=wait)
     return [results[i] for i in sorted(results)]
+
+
+def _configure(
+    spec: RunSpec, grid_name: str, out: Path, edits: list[Callable[[DictConfig], DictConfig] | None]
+) -> DictConfig:
+    """A run's config as the grid runs it: started from its init_from run's model, its loggers grouped
+    under the grid's name, then ``edits`` (pretrained prior, the caller's ``prepare``, the launcher's shape)."""
+    cfg = spec.config()
+    if spec.init_from is not None:
+        cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
+    cfg = group_runs(cfg, grid_name)
+    for edit in edits:
+        cfg = edit(cfg) if edit is not None else cfg
+    return cfg
 
 
 def _hand_over(
@@ -283,19 +299,17 @@ def grid_status(
     """
     grid, section = _resolve(grid, launcher)
     out = Path(out)
+    slurm = section["name"] == "slurm"
     rows = []
     for spec in grid.runs:
         run_dir = out / "runs" / spec.id
         status, job = read_status(run_dir), read_job(run_dir)
         state, detail = status["status"], ""
         try:
-            cfg = spec.config()
-            if spec.init_from is not None:
-                cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
-            from emofer.grid.launchers import slurm_shape
-
-            cfg = slurm_shape(cfg, section) if section["name"] == "slurm" else cfg
-            changed = state != PENDING and status.get("config_hash") not in (None, config_hash(cfg))
+            cfg = _configure(spec, grid.name, out, [lambda c: slurm_shape(c, section) if slurm else c])
+            # a pretrained prior's weights are not known without pretraining: no change is told then
+            known = not grid.pretrain
+            changed = known and state != PENDING and status.get("config_hash") not in (None, config_hash(cfg))
         except Exception as err:
             state, detail, changed = FAILED, f"{type(err).__name__}: {err}", False
         if state in (QUEUED, RUNNING) and job is not None:
