@@ -324,3 +324,47 @@ def test_unknown_launchers_and_keys_are_errors():
     with pytest.raises(ConfigError, match="does not take \\['partition'\\]"):
         Grid.load({**CHAIN, "launcher": {"name": "local", "partition": "gpu"}})
     assert Grid.load({**CHAIN, "launcher": "slurm"}).launcher == {"name": "slurm"}
+
+
+LIGHTNING_GRID = """
+name: preempt
+base: classifier-tiny
+launcher: submitit-local
+overrides:
+  data.train: [{name: synthfer, split: train, size: 64}]
+  data.test: [{name: synthfer, split: test, size: 14}]
+  data.batch_size: 16
+  data.eval_batch_size: 16
+  train.max_steps: 30
+  train.checkpoint_every: 2
+runs:
+  - {id: a}
+"""
+
+
+def test_a_preempted_lightning_run_resumes_from_its_last_checkpoint(tmp_path):
+    """The real runner: submitit's preemption signal, a requeue, and Lightning restoring ``last.ckpt``."""
+    import torch
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(LIGHTNING_GRID)
+    out = tmp_path / "out"
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(run_grid(Grid.load(grid_file), out)))
+    thread.start()
+    run_dir, last = out / "runs" / "a", out / "runs" / "a" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    controller = int(read_job(run_dir)["job_id"])
+    (task,) = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    os.kill(int(task), signal.SIGUSR2)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and done[0][0].status == DONE, done[0][0].error
+    status = read_status(run_dir)
+    assert status["attempts"] == 2
+    job = read_job(run_dir)
+    logs = "".join(p.read_text() for p in Path(job["folder"]).glob("*_log.*"))
+    assert "this job is preempted" in logs and "Restoring states from the checkpoint" in logs
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 30
