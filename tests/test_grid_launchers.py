@@ -368,3 +368,20 @@ def test_a_preempted_lightning_run_resumes_from_its_last_checkpoint(tmp_path):
     assert "this job is preempted" in logs and "Restoring states from the checkpoint" in logs
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 30
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 30
+
+
+def test_the_shipped_cluster_grid_asks_slurm_for_two_nodes_of_eight_gpus():
+    from emofer.config import PRESET_DIR
+    from emofer.grid.launchers import slurm_parameters, slurm_shape
+
+    grid = Grid.load(PRESET_DIR / "grids" / "emo-llama-7b-slurm.yaml")
+    params = slurm_parameters(grid.launcher, grid.name)
+    assert params == {
+        "job_name": "emo-llama-7b-ablation", "nodes": 2, "ntasks_per_node": 8, "gpus_per_node": 8, "time": 1440,
+        "partition": "gpu", "cpus_per_task": 10, "mem": "480GB", "additional_parameters": {"exclusive": True},
+        "setup": ["export NCCL_ASYNC_ERROR_HANDLING=1"],
+    }
+    assert len(grid.runs) == 12 and {r.init_from for r in grid.runs if r.id.startswith("fim-video")} == {
+        "fim+seed=0", "fim+seed=1", "fim+seed=2"}
+    cfg = slurm_shape(grid.runs[0].config(), grid.launcher)
+    assert (cfg.train.devices, cfg.train.num_nodes, cfg.train.strategy) == (8, 2, "ddp")

@@ -98,7 +98,8 @@ def print_status(con, grid, out: Path, launcher: str | None) -> int:
     for row in rows:
         style = colour.get(row["status"], "")
         status = f"[{style}]{row['status']}[/]" if style else row["status"]
-        table.add_row(row["run"], status, str(row["job"]), row["detail"])
+        detail = row["detail"] if len(row["detail"]) <= 100 else row["detail"][:99] + "…"
+        table.add_row(row["run"], status, str(row["job"]), detail)
     con.print(table)
     counts = {}
     for row in rows:

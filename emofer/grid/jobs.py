@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import submitit
 from omegaconf import DictConfig
@@ -17,8 +18,8 @@ class RunJob(submitit.helpers.Checkpointable):
 
     Every task of the job (one per GPU on SLURM) calls it; the global rank 0
     writes the run's status. When SLURM preempts the job or its time limit
-    nears (or submitit's local executor simulates that with ``job._interrupt()``),
-    submitit calls :meth:`checkpoint` and requeues the job, which then calls
+    nears, it signals the job's tasks (``USR2``; the tests send the same signal to a
+    submitit-local job's task), submitit calls :meth:`checkpoint` and requeues the job, which then calls
     the runner with ``resume=True``: training continues from the run's last
     Lightning checkpoint (``emofer train --resume``).
     """
@@ -39,14 +40,6 @@ class RunJob(submitit.helpers.Checkpointable):
         rank = submitit.JobEnvironment().global_rank
         return execute(spec, cfg, run_dir, runner, resume=resume, writer=rank == 0)
 
-    def checkpoint(
-        self,
-        spec: RunSpec,
-        cfg: DictConfig,
-        run_dir: Path,
-        runner: Runner,
-        threads: int | None = None,
-        resume: bool = False,
-    ) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The submission the requeued job runs: the same run, resumed."""
-        return submitit.helpers.DelayedSubmission(self, spec, cfg, run_dir, runner, threads, resume=True)
+        return submitit.helpers.DelayedSubmission(self, *args, **{**kwargs, "resume": True})

@@ -264,7 +264,8 @@ class SubmititLauncher(Launcher):
     def _submit(self, task: Task) -> Any:
         from emofer.grid.jobs import RunJob
 
-        return self.executor.submit(RunJob(), task.spec, task.cfg, task.run_dir, self.runner, self.threads, task.resume)
+        args = (task.spec, task.cfg, task.run_dir, self.runner, self.threads)
+        return self.executor.submit(RunJob(), *args, resume=task.resume)
 
     def start(self, tasks: list[Task], after: Mapping[int, str]) -> None:
         with _python_path():
