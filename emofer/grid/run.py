@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from emofer.config import atomic_write_text
+from emofer.config import ConfigError, atomic_write_text
 from emofer.grid.folder import (
     DONE,
     FAILED,
@@ -110,7 +110,7 @@ def run_grid(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if not wait and section["name"] != "slurm":
-        raise ValueError(f"only the slurm launcher submits without waiting, not {section['name']!r}")
+        raise ConfigError(f"only the slurm launcher submits without waiting (--no-wait), not {section['name']!r}")
     out = Path(out)
     total = len(grid.runs)
     results: dict[int, RunResult] = {}
@@ -132,15 +132,7 @@ def run_grid(
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
             try:
-                cfg = spec.config()
-                if spec.init_from is not None:
-                    cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
-                if pretrained is not None:
-                    cfg = pretrained(cfg)
-                cfg = group_runs(cfg, grid.name)
-                if prepare is not None:
-                    cfg = prepare(cfg)
-                cfg = ex.shape(cfg)
+                cfg = _configure(spec, grid.name, out, [pretrained, prepare, ex.shape])
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
                 record(index, failed(run_dir, spec, err, 0.0, None))
                 continue
