@@ -278,7 +278,10 @@ def test_local_gpus_packs_runs_onto_free_gpus(tmp_path):
         for b in items[i + 1 :]:
             if a["start"] < b["end"] and b["start"] < a["end"]:
                 assert not set(a["gpus"]) & set(b["gpus"])
-    assert seen["r0-k2"]["start"] < seen["r1-k2"]["end"] and seen["r1-k2"]["start"] < seen["r0-k2"]["end"]
+    submitted = {r.id: read_job(tmp_path / "runs" / r.id)["submitted"] for r in results}
+    first_end = min(seen["r0-k2"]["end"], seen["r1-k2"]["end"])
+    assert submitted["r1-k2"] < first_end  # the two 2-GPU runs started together on the 4 GPUs ...
+    assert submitted["r2-k3"] > first_end and submitted["r3-k1"] > first_end  # ... the others when GPUs freed
     too_big = {**raw, "runs": [{"id": "big", "overrides": {"train.devices": 5}}]}
     failed = run_grid(Grid.load(too_big), tmp_path / "big", runner=gpu_runner)
     assert failed[0].status == FAILED and "4 GPU(s)" in failed[0].error
