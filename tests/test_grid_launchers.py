@@ -388,3 +388,32 @@ def test_the_shipped_cluster_grid_asks_slurm_for_two_nodes_of_eight_gpus():
         "fim+seed=0", "fim+seed=1", "fim+seed=2"}
     cfg = slurm_shape(grid.runs[0].config(), grid.launcher)
     assert (cfg.train.devices, cfg.train.num_nodes, cfg.train.strategy) == (8, 2, "ddp")
+
+
+def test_a_grid_whose_controller_died_follows_its_running_jobs(tmp_path):
+    """SIGKILL of the grid process: its submitit-local jobs go on; the grid run again follows them."""
+    import subprocess
+
+    raw = {**CHAIN, "overrides": {"train.max_steps": 8}}
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(json.dumps(raw))
+    out = tmp_path / "out"
+    script = (
+        f"import sys; sys.path[:0] = {[str(Path(__file__).parent)]!r}\n"
+        "from test_grid_launchers import stepping_runner\n"
+        "from emofer.grid import Grid, run_grid\n"
+        f"run_grid(Grid.load({str(grid_file)!r}), {str(out)!r}, runner=stepping_runner, launcher='submitit-local')\n"
+    )
+    controller = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    job_pid = _task_pid(out / "runs" / "image", min_step=2, timeout=120)
+    controller.kill()
+    controller.wait()
+    job = read_job(out / "runs" / "image")
+    assert read_status(out / "runs" / "image")["status"] == "running"
+    results = run_grid(Grid.load(grid_file), out, runner=stepping_runner, launcher="submitit-local")
+    assert [r.status for r in results] == [DONE, DONE, DONE]
+    starts = (out / "runs" / "image" / "starts.jsonl").read_text().splitlines()
+    assert [json.loads(s)["pid"] for s in starts] == [job_pid]  # followed to its end, not started again
+    assert read_job(out / "runs" / "image")["job_id"] == job["job_id"]
+    straight = run_grid(Grid.load(raw), tmp_path / "straight", runner=stepping_runner)
+    assert [r.metrics for r in results] == [r.metrics for r in straight]
