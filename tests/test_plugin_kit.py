@@ -35,6 +35,8 @@ def doc_plugin(tmp_path_factory):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S) if ".register(" in b]
     assert len(blocks) == 4, "docs/registries.md should show one registered part of each kind"
     (root / "my_lab" / "parts.py").write_text("\n\n".join(blocks))
+    # test_docs runs the same blocks: their parts may be registered already (restored after)
+    earlier = {kind: REGISTRIES[kind]._entries.pop(name, None) for kind, (name, _) in DOC_PARTS.items()}
     sys.path.insert(0, str(root))
     try:
         yield importlib.import_module("my_lab.parts")
@@ -44,6 +46,8 @@ def doc_plugin(tmp_path_factory):
         sys.modules.pop("my_lab", None)
         for kind, (name, _) in DOC_PARTS.items():
             REGISTRIES[kind]._entries.pop(name, None)
+            if earlier[kind] is not None:
+                REGISTRIES[kind]._entries[name] = earlier[kind]
 
 
 @pytest.mark.parametrize("kind", list(DOC_PARTS))
