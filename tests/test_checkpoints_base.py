@@ -95,3 +95,12 @@ def test_registry_is_public():
     import emofer
 
     assert emofer.CHECKPOINT_FORMATS is CHECKPOINT_FORMATS
+
+
+def test_tied_weights_count_as_filled():
+    tied = nn.Module()
+    tied.encoder = nn.Embedding(4, 3)
+    tied.fusion = nn.Linear(3, 4, bias=False)
+    tied.fusion.weight = tied.encoder.weight  # tied, as LMs with tie_word_embeddings
+    mapped = map_state({"emb": torch.randn(4, 3)}, [Rule.rename(r"emb", "encoder.weight")], tied, fills=["fusion."])
+    assert mapped.kept == [] and set(mapped.state) == {"encoder.weight"}

@@ -206,7 +206,8 @@ def map_state(
         problems.append(f"{len(twice)} weight(s) filled twice: {_listing(twice)}")
     if misshaped:
         problems.append(f"{len(misshaped)} key(s) of the wrong shape: {_listing(misshaped)}")
-    absent = [k for k in model_state if k not in state and "lora_" not in k]
+    absent = [k for k in model_state if k not in state and k not in _tied_to(model_state, state)]
+    absent = [k for k in absent if "lora_" not in k]
     required = [k for k in absent if any(canonical_key(k).startswith(p) for p in fills)]
     if required:
         problems.append(
@@ -219,6 +220,17 @@ def map_state(
     absent = [k for k in absent if k not in own]
     kept = kept_parts(absent, set(state) | set(adapters) | set(own))
     return MappedState(state=state, dropped=dropped, kept=kept, adapters=adapters)
+
+
+def _tied_to(model_state: Mapping[str, torch.Tensor], filled: Mapping[str, torch.Tensor]) -> set[str]:
+    """Model keys sharing storage with a filled one (tied embeddings): loading that one fills them."""
+
+    def ptr(t: torch.Tensor) -> tuple:
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+
+    real = {k: v for k, v in model_state.items() if not v.is_meta}
+    filled_ptrs = {ptr(real[k]) for k in filled if k in real}
+    return {k for k, v in real.items() if k not in filled and ptr(v) in filled_ptrs}
 
 
 def load_mapped(model: nn.Module, mapped: MappedState) -> None:
