@@ -156,3 +156,53 @@ def test_llava_original_reads_a_whole_clip_model_folder(tmp_path):
     ours = model.answer_logits(image, QUESTION, ANSWER)
     theirs = reference_logits(reference, model.llm, pixels[None], QUESTION, ANSWER, NUM_PATCHES)
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+LLAVA15_7B_HF = {  # llava-hf/llava-1.5-7b-hf's config.json (transformers 4.36 wrote it)
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+                    "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
+                    "torch_dtype": "float16", "vocab_size": 32064},
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.36.0.dev0",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064,
+}
+
+
+def test_llava_1_5_7b_hf_keys_map_at_full_size_on_the_meta_device(tmp_path):
+    """The hub's config and key names (every tensor, at its real shape) map onto the model emofer builds."""
+    import json
+
+    from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    from emofer.checkpoints import CHECKPOINT_FORMATS, map_state
+    from emofer.testing import tiny_llm_dir
+
+    folder = tmp_path / "llava-1.5-7b-hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAVA15_7B_HF))
+    AutoTokenizer.from_pretrained(tiny_llm_dir()).save_pretrained(folder)  # emofer reads the folder's tokenizer
+    fmt = CHECKPOINT_FORMATS.get("llava-hf")()
+    cfg = fmt.build_config(folder, None, None)
+    assert cfg.model.encoder.layer == 22 and not cfg.model.encoder.include_cls
+    assert cfg.model.llm.dtype == "float16" and cfg.model.llm.config.vocab_size == 32064
+    with torch.device("meta"):
+        model = emofer.build_model(cfg)
+        reference = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(folder))
+    assert model.encoder.num_tokens == 576 and model.llm.hidden_size == 4096
+    hub = {}
+    for key, value in reference.state_dict().items():  # the hub files' names (transformers 4.36)
+        key = key.replace("model.vision_tower.", "vision_tower.vision_model.")
+        key = key.replace("model.language_model.", "language_model.model.").replace("lm_head.", "language_model.lm_head.")
+        hub[key.replace("model.multi_modal_projector.", "multi_modal_projector.")] = value
+    assert "language_model.model.layers.31.mlp.down_proj.weight" in hub
+    assert "vision_tower.vision_model.encoder.layers.23.mlp.fc2.weight" in hub
+    mapped = map_state(hub, fmt.rules(model.cfg), model, fmt.fills(model.cfg))
+    assert mapped.kept == [] and len(mapped.state) == len(model.state_dict())
+    assert sorted(set(mapped.dropped.values())) == [
+        "CLIP's post-layernorm: LLaVA reads an encoder layer's hidden state, never the pooled output",
+        "vision layers after the one LLaVA reads (layer 22 of 0..23)",
+    ]
