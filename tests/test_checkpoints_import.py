@@ -137,3 +137,11 @@ def test_an_imported_llava_is_a_zero_shot_row_of_a_grid(tmp_path):
         assert (run / "model" / "model.safetensors").stat().st_size < 10_000
     score = json.loads((tmp_path / "out" / "runs" / "score" / "metrics.json").read_text())
     assert score["invalid_rate"] == 0.0  # scoring cannot answer off the list; generate may (random weights)
+
+
+def test_starting_another_model_from_an_import_names_the_folder_config(tmp_path):
+    write_llava_hf(tmp_path / "llava")
+    emofer.from_checkpoint(tmp_path / "llava").save_pretrained(tmp_path / "model")
+    other = emofer.build_model(emofer.load_config("llava-tiny"))  # another encoder than the import's
+    with pytest.raises(CheckpointError, match=r"does not fit this model; the folder's own model is .*config\.yaml"):
+        other.load_weights(tmp_path / "model", missing="keep")

@@ -167,7 +167,13 @@ def fill_from_source(model: nn.Module, directory: str | os.PathLike[str]) -> lis
     path = Path(record["path"])
     vision = None if record.get("vision") is None else Path(record["vision"])
     source = fmt.source_state(path, vision)
-    mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg), origin=str(path))
+    try:
+        mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg), origin=str(path))
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{directory} re-reads {path}, which does not fit this model; the folder's own model is "
+            f"{directory / 'config.yaml'} (train with -c that file, or import again with -c this preset): {err}"
+        ) from None
     load_mapped(model, mapped)
     attach(model, fmt, path, vision, mapped, kept=[])
     return list(record.get("kept", []))
