@@ -169,7 +169,7 @@ def fill_from_source(model: nn.Module, directory: str | os.PathLike[str]) -> lis
     source = fmt.source_state(path, vision)
     try:
         mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg), origin=str(path))
-    except CheckpointError as err:
+    except (CheckpointError, AttributeError, KeyError) as err:  # e.g. the format's encoder settings absent
         raise CheckpointError(
             f"{directory} re-reads {path}, which does not fit this model; the folder's own model is "
             f"{directory / 'config.yaml'} (train with -c that file, or import again with -c this preset): {err}"
