@@ -206,3 +206,60 @@ def test_llava_1_5_7b_hf_keys_map_at_full_size_on_the_meta_device(tmp_path):
         "CLIP's post-layernorm: LLaVA reads an encoder layer's hidden state, never the pooled output",
         "vision layers after the one LLaVA reads (layer 22 of 0..23)",
     ]
+
+
+LLAVA_V15_7B = {  # liuhaotian/llava-v1.5-7b's config.json (the LLaVA repository wrote it)
+    "_name_or_path": "./checkpoints/vicuna-7b-v1-5", "architectures": ["LlavaLlamaForCausalLM"],
+    "bos_token_id": 1, "eos_token_id": 2, "freeze_mm_mlp_adapter": False, "hidden_act": "silu",
+    "hidden_size": 4096, "image_aspect_ratio": "pad", "initializer_range": 0.02, "intermediate_size": 11008,
+    "max_length": 4096, "max_position_embeddings": 4096, "mm_hidden_size": 1024, "mm_patch_merge_type": "flat",
+    "mm_projector_lr": None, "mm_projector_type": "mlp2x_gelu", "mm_use_im_patch_token": False,
+    "mm_use_im_start_end": False, "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2,
+    "mm_vision_tower": "openai/clip-vit-large-patch14-336", "model_type": "llava_llama",
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "pad_token_id": 0,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.31.0",
+    "tokenizer_model_max_length": 2048, "tokenizer_padding_side": "right", "tune_mm_mlp_adapter": False,
+    "use_cache": True, "use_mm_proj": True, "vocab_size": 32000,
+}
+
+
+def test_llava_v1_5_7b_keys_map_at_full_size_on_the_meta_device(tmp_path):
+    """LLaVA-1.5-7B's config, its key names and a whole CLIP ViT-L/14-336 folder, at real shapes."""
+    import json
+
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, LlamaConfig, LlamaForCausalLM
+
+    from emofer.checkpoints import CHECKPOINT_FORMATS, map_state
+    from emofer.testing import tiny_llm_dir
+
+    folder, clip = tmp_path / "llava-v1.5-7b", tmp_path / "clip-vit-large-patch14-336"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAVA_V15_7B))
+    AutoTokenizer.from_pretrained(tiny_llm_dir()).save_pretrained(folder)
+    vision = {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "num_attention_heads": 16,
+              "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}
+    clip_config = CLIPConfig(vision_config=vision, projection_dim=768)
+    clip_config.save_pretrained(clip)
+    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(clip)
+    fmt = CHECKPOINT_FORMATS.get("llava")()
+    cfg = fmt.build_config(folder, clip, None)
+    assert cfg.model.encoder.layer == 22 and cfg.model.encoder.processor.do_pad
+    assert cfg.model.llm.config.num_hidden_layers == 32 and cfg.model.llm.dtype == "float16"
+    with torch.device("meta"):
+        model = emofer.build_model(cfg)
+        from transformers import CLIPModel
+
+        tower = CLIPModel(clip_config)
+        llama = LlamaForCausalLM(LlamaConfig(**{k: LLAVA_V15_7B[k] for k in ("hidden_size", "intermediate_size",
+                                                "num_hidden_layers", "num_attention_heads", "vocab_size")}))
+    source = dict(llama.state_dict())
+    shapes = {"0.weight": (4096, 1024), "0.bias": (4096,), "2.weight": (4096, 4096), "2.bias": (4096,)}
+    source.update({f"model.mm_projector.{k}": torch.empty(s, device="meta") for k, s in shapes.items()})
+    source.update({f"vision_tower.{k}": v for k, v in tower.state_dict().items()})  # as source_state reads them
+    assert model.encoder.num_tokens == 576
+    mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg))
+    assert mapped.kept == [] and len(mapped.state) == len(model.state_dict())
+    reasons = set(mapped.dropped.values())
+    assert "CLIP's text tower and projections: LLaVA uses the vision tower only" in reasons
+    assert "vision layers after the one LLaVA reads (layer 22 of 0..23)" in reasons
