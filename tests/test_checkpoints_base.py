@@ -104,3 +104,26 @@ def test_tied_weights_count_as_filled():
     tied.fusion.weight = tied.encoder.weight  # tied, as LMs with tie_word_embeddings
     mapped = map_state({"emb": torch.randn(4, 3)}, [Rule.rename(r"emb", "encoder.weight")], tied, fills=["fusion."])
     assert mapped.kept == [] and set(mapped.state) == {"encoder.weight"}
+
+
+def test_a_folder_two_formats_accept_is_an_error_naming_both(tmp_path):
+    from emofer.checkpoints import CheckpointFormat, detect_format
+
+    class Greedy(CheckpointFormat):
+        name = "greedy-test"
+
+        def detect(self, path):
+            return "it has a config.json" if (path / "config.json").is_file() else None
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llava", "vision_config": {"model_type": "clip_vision_model"},
+                    "text_config": {"model_type": "llama"}})
+    )
+    CHECKPOINT_FORMATS.add("greedy-test", Greedy)
+    try:
+        with pytest.raises(CheckpointError, match=r"fits several checkpoint formats \(greedy-test: it has a "
+                           r"config\.json; llava-hf: config\.json has model_type 'llava'.*\); name one with format="):
+            detect_format(tmp_path)
+        assert detect_format(tmp_path, format="llava-hf").name == "llava-hf"
+    finally:
+        CHECKPOINT_FORMATS._entries.pop("greedy-test")
