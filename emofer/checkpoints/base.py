@@ -107,12 +107,15 @@ class MappedState:
         dropped: source key → the reason its rule gives.
         kept: module prefixes of emofer weights the checkpoint does not fill (kept at initialisation).
         adapters: emofer keys of fresh LoRA adapters (initialised, as every LoRA run starts).
+        found: the format detector's sentence (what made the checkpoint this format).
     """
 
     state: dict[str, torch.Tensor]
     dropped: dict[str, str] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    found: str = ""
+    """What made the checkpoint its format (the detector's sentence), once :func:`from_checkpoint` set it."""
 
     def summary(self) -> str:
         """One paragraph saying what was filled, dropped and kept."""
@@ -311,6 +314,8 @@ class CheckpointFormat:
     """
 
     name: str = ""
+    found: str = ""
+    """The detector's sentence, set by :func:`~emofer.checkpoints.importer.detect_format`."""
     needs_vision: bool = False
     """Whether the vision tower comes from a separate file or folder (``vision=``)."""
 

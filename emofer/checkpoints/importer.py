@@ -27,6 +27,8 @@ def _formats() -> dict[str, CheckpointFormat]:
 def detect_format(path: str | os.PathLike[str], format: str | None = None) -> CheckpointFormat:
     """The format of the checkpoint at ``path``: the one named, or the only one whose detector accepts it.
 
+    The returned format's ``found`` is its detector's sentence (what made the folder this format).
+
     Raises:
         CheckpointError: no format accepts it (the message says what the folder holds), or
             several do (the message names them and what each found; pass ``format=``).
@@ -44,6 +46,7 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> Ch
                 f"{path} is not a {format!r} checkpoint as far as its detector can tell ({_what_is_there(path)})"
             )
         log.info("%s: %s", path, found)
+        fmt.found = found
         return fmt
     hits = {name: found for name, fmt in _formats().items() if (found := fmt.detect(path)) is not None}
     if not hits:
@@ -58,7 +61,9 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> Ch
         )
     name, found = next(iter(hits.items()))
     log.info("%s is a %r checkpoint: %s", path, name, found)
-    return CHECKPOINT_FORMATS.get(name)()
+    fmt = CHECKPOINT_FORMATS.get(name)()
+    fmt.found = found
+    return fmt
 
 
 def _what_is_there(path: Path) -> str:
@@ -119,5 +124,6 @@ def from_checkpoint(
     log.info("imported %s (%s): %s", path, fmt.name, mapped.summary())
     if mapped.kept:
         log.warning("kept at initialisation (not in %s): %s", path, ", ".join(mapped.kept))
+    mapped.found = fmt.found
     model.import_report = mapped
     return model
