@@ -44,6 +44,7 @@ def test_maps_drops_and_reports_kept_parts():
     assert mapped.kept == ["fusion.face"]
     load_mapped(model, mapped)
     assert torch.equal(model.fusion.proj.weight, src["proj.weight"])
+    assert mapped.state == {} and len(mapped.filled) == 4  # no second copy kept
 
 
 def test_extra_missing_and_misshaped_keys_are_named():

@@ -101,7 +101,7 @@ def test_import_into_emo_llama_7b_on_the_meta_device(tmp_path):
     assert model.cfg.llm.lora.r == 64 and model.cfg.llm.dtype == "bfloat16"  # the preset's training settings
     kept = model.import_report.kept
     assert "face_prior" in kept and "fusion.aggregator" in kept
-    filled = {k: v for k, v in model.state_dict().items() if k in model.import_report.state}
+    filled = {k: v for k, v in model.state_dict().items() if k in model.import_report.filled}
     assert filled and not any(v.is_meta for v in filled.values())
     assert all(model.state_dict()[k].is_meta for k in model.state_dict() if k.startswith("fusion.aggregator."))
     lora = [k for k in model.state_dict() if "lora_" in k]

@@ -103,7 +103,9 @@ class MappedState:
     """The outcome of :func:`map_state`.
 
     Attributes:
-        state: emofer state-dict key (as the model names it) → tensor.
+        state: emofer state-dict key (as the model names it) → tensor; emptied once loaded
+            (:func:`load_mapped`), so a model's ``import_report`` holds no second copy of the weights.
+        filled: the emofer keys the checkpoint filled.
         dropped: source key → the reason its rule gives.
         kept: module prefixes of emofer weights the checkpoint does not fill (kept at initialisation).
         adapters: emofer keys of fresh LoRA adapters (initialised, as every LoRA run starts).
@@ -111,6 +113,7 @@ class MappedState:
     """
 
     state: dict[str, torch.Tensor]
+    filled: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
@@ -122,7 +125,7 @@ class MappedState:
         reasons: dict[str, int] = {}
         for reason in self.dropped.values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        lines = [f"filled {len(self.state)} tensors"]
+        lines = [f"filled {len(self.filled)} tensors"]
         for reason, count in reasons.items():
             lines.append(f"dropped {count} ({reason})")
         lines.append("kept at initialisation: " + (", ".join(self.kept) if self.kept else "nothing"))
@@ -222,7 +225,7 @@ def map_state(
     own = getattr(model, "_source_keys", set)()  # restored by a part's own pretrained source
     absent = [k for k in absent if k not in own]
     kept = kept_parts(absent, set(state) | set(adapters) | set(own))
-    return MappedState(state=state, dropped=dropped, kept=kept, adapters=adapters)
+    return MappedState(state=state, filled=list(state), dropped=dropped, kept=kept, adapters=adapters)
 
 
 def _tied_to(model_state: Mapping[str, torch.Tensor], filled: Mapping[str, torch.Tensor]) -> set[str]:
@@ -237,11 +240,17 @@ def _tied_to(model_state: Mapping[str, torch.Tensor], filled: Mapping[str, torch
 
 
 def load_mapped(model: nn.Module, mapped: MappedState) -> None:
-    """Copies the mapped tensors into ``model`` (cast to each weight's dtype; meta weights are replaced)."""
+    """Copies the mapped tensors into ``model`` one by one (cast to each weight's dtype), then
+    empties ``mapped.state``; meta weights (a model built on the meta device) are replaced instead.
+    """
     current = model.state_dict()
-    meta = any(v.is_meta for v in current.values())
-    state = {k: v.to(dtype=current[k].dtype) for k, v in mapped.state.items()}
-    model.load_state_dict(state, strict=False, assign=meta)
+    meta = {k: v for k, v in mapped.state.items() if current[k].is_meta}
+    with torch.no_grad():
+        for key in [k for k in mapped.state if k not in meta]:
+            current[key].copy_(mapped.state.pop(key))  # in place: no second copy of the model
+    if meta:
+        model.load_state_dict({k: v.to(dtype=current[k].dtype) for k, v in meta.items()}, strict=False, assign=True)
+    mapped.state.clear()
 
 
 # -- reading checkpoint folders --------------------------------------------

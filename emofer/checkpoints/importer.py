@@ -119,6 +119,7 @@ def from_checkpoint(
     model = build_model(exp_cfg)
     source = fmt.source_state(path, vision_path)
     mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg), origin=str(path))
+    del source  # mapped.state holds what is used; load_mapped frees it tensor by tensor
     load_mapped(model, mapped)
     attach(model, fmt, path, vision_path, mapped, kept=mapped.kept)
     log.info("imported %s (%s): %s", path, fmt.name, mapped.summary())

@@ -110,7 +110,7 @@ def attach(
         path=str(path.resolve()),
         vision=None if vision is None else str(vision.resolve()),
         files=[fingerprint(f) for f in fmt.source_files(path, vision)],
-        sums={k: checksum(state[k]) for k in mapped.state},
+        sums={k: checksum(state[k]) for k in mapped.filled},
     )
     source.mark_kept(model, kept)
     model.checkpoint_source = source
@@ -174,6 +174,7 @@ def fill_from_source(model: nn.Module, directory: str | os.PathLike[str]) -> lis
             f"{directory} re-reads {path}, which does not fit this model; the folder's own model is "
             f"{directory / 'config.yaml'} (train with -c that file, or import again with -c this preset): {err}"
         ) from None
+    del source
     load_mapped(model, mapped)
     attach(model, fmt, path, vision, mapped, kept=[])
     return list(record.get("kept", []))

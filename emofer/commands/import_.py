@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written = (out / "model.safetensors").stat().st_size
     con.print(f"imported [bold]{args.path}[/] as a [bold]{source.format}[/] checkpoint: {report.found}")
-    con.print(f"  filled {len(report.state)} tensors; dropped {len(report.dropped)}:")
+    con.print(f"  filled {len(report.filled)} tensors; dropped {len(report.dropped)}:")
     reasons: dict[str, int] = {}
     for reason in report.dropped.values():
         reasons[reason] = reasons.get(reason, 0) + 1
