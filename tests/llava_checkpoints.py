@@ -74,16 +74,20 @@ def clip_processor():
     return CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
 
 
-def write_llava_hf(path: Path, hub_layout: bool = False, seed: int = 0, strategy: str = "default"):
+def write_llava_hf(
+    path: Path, hub_layout: bool = False, seed: int = 0, strategy: str = "default", pad: bool = False
+):
     """A transformers LLaVA folder (``save_pretrained``); ``hub_layout`` renames ``vision_tower.*``
-    to the hub files' ``vision_tower.vision_model.*``. Returns the in-memory reference model."""
+    to the hub files' ``vision_tower.vision_model.*``; ``pad`` saves ``LlavaImageProcessor(do_pad=True)``
+    (pad to square, as newer llava-1.5-hf conversions). Returns the in-memory reference model."""
     from safetensors.torch import load_file, save_file
-    from transformers import LlavaProcessor
+    from transformers import LlavaImageProcessor, LlavaProcessor
 
     model, tok = tiny_llava(seed, strategy)
     model.save_pretrained(path)
+    square = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
     processor = LlavaProcessor(
-        image_processor=clip_processor(),
+        image_processor=LlavaImageProcessor(do_pad=True, **square) if pad else clip_processor(),
         tokenizer=tok,
         patch_size=7,
         vision_feature_select_strategy=strategy,

@@ -43,6 +43,21 @@ def test_llava_hf_import_reproduces_transformers_llava(tmp_path, hub_layout):
     assert torch.allclose(raw, ours, atol=1e-6)
 
 
+def test_llava_hf_pad_processor_pads_to_square_like_llava(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    reference = write_llava_hf(tmp_path / "llava", pad=True)
+    model = emofer.from_checkpoint(tmp_path / "llava")
+    image = _image(6, (44, 26))
+    clip = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    expected = clip(expand2square(image, tuple(int(x * 255) for x in clip.image_mean)), return_tensors="pt")
+    pixels = model.encoder.transform()(image)
+    assert torch.equal(pixels, expected["pixel_values"][0])
+    ours = model.answer_logits(image, QUESTION, ANSWER)
+    theirs = reference_logits(reference, model.llm, pixels[None], QUESTION, ANSWER, NUM_PATCHES)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
 def test_llava_hf_full_strategy_keeps_cls(tmp_path):
     reference = write_llava_hf(tmp_path / "llava", strategy="full")
     model = emofer.from_checkpoint(tmp_path / "llava")
