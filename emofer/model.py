@@ -305,16 +305,11 @@ class EmoFERModel(nn.Module):
                 idx = [i for i, c in enumerate(clips) if len(c) == length]
                 for start in range(0, len(idx), batch_size):
                     chunk = idx[start : start + batch_size]
-                    batch = {
-                        "ids": [str(i) for i in chunk],
-                        "pixels": torch.stack([torch.stack([enc_tf(f) for f in clips[i]]) for i in chunk]),
-                        "questions": [question or category_question(labels, video=length > 1)] * len(chunk),
-                        "classes": labels,
-                    }
-                    if prior_tf is not None:
-                        batch["face_pixels"] = torch.stack(
-                            [torch.stack([prior_tf(f) for f in clips[i]]) for i in chunk]
-                        )
+                    batch = _raw_batch(
+                        [clips[i] for i in chunk], question or category_question(labels, video=length > 1),
+                        enc_tf, prior_tf,
+                    )
+                    batch["ids"], batch["classes"] = [str(i) for i in chunk], labels
                     for i, pred in zip(
                         chunk, self.predict_batch(batch, mode, max_new_tokens=max_new_tokens), strict=True
                     ):
@@ -322,6 +317,40 @@ class EmoFERModel(nn.Module):
         finally:
             self.train(was_training)
         return preds  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def answer_logits(self, inputs: Any, question: str, answer: str, num_frames: int = 8) -> torch.Tensor:
+        """The logits ``[B,A,V]`` that predict each token of ``answer`` (teacher forcing), per input.
+
+        The public read-out for comparing a model with its source (e.g. an imported
+        LLaVA with transformers' ``LlavaForConditionalGeneration``): the prompt is packed
+        exactly as in training, the answer's ``A`` tokens follow it.
+
+        Args:
+            inputs: what :meth:`classify` takes (one input or a list; one frame count), or a
+                batch mapping with ``pixels`` ``[B,T,3,H,W]`` (and ``face_pixels``) already made.
+            question: the instruction, the same for every input.
+            answer: the answer turn whose tokens are scored.
+            num_frames: frames sampled uniformly from each video file.
+        """
+        if not hasattr(self.llm, "answer_logits"):
+            raise ValueError(f"LLM head {self.cfg.llm.name!r} reads no answer tokens; answer_logits needs causal-lm")
+        if isinstance(inputs, Mapping):
+            batch = {**inputs, "questions": [question] * len(inputs["pixels"])}
+        else:
+            items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            clips = [_frames_of(x, num_frames) for x in items]
+            if len({len(c) for c in clips}) > 1:
+                raise ValueError(f"answer_logits takes inputs of one frame count, got {[len(c) for c in clips]}")
+            batch = _raw_batch(clips, question, *self.transforms(False))
+        was_training = self.training
+        self.eval()
+        try:
+            tokens, questions = self.encode(batch)
+            rows = self.llm.answer_logits(tokens, questions, [answer] * len(questions))
+        finally:
+            self.train(was_training)
+        return torch.stack(rows)
 
     # -- persistence ----------------------------------------------------
     def _source_keys(self) -> set[str]:
@@ -335,6 +364,9 @@ class EmoFERModel(nn.Module):
                 keys |= {f"{name}.{k}" for k, p in part.named_parameters() if not p.requires_grad}
             if hasattr(part, "adapter_keys"):
                 keys |= {f"{name}.{k}" for k in part.adapter_keys()}
+        source = getattr(self, "checkpoint_source", None)  # imported: emofer.checkpoints.source
+        if source is not None:
+            keys |= source.unchanged(self)
         return keys
 
     def save_pretrained(self, directory: str | os.PathLike[str], include_pretrained: bool = False) -> None:
@@ -344,6 +376,10 @@ class EmoFERModel(nn.Module):
         base LLM under LoRA) are not copied: ``from_pretrained`` reloads them
         from that source. Pass ``include_pretrained=True`` to copy them too
         (needed if such weights were trained and then frozen again).
+
+        A model imported from another project's checkpoint (:func:`emofer.from_checkpoint`)
+        writes only the weights that differ from it, plus ``checkpoint.json`` naming the
+        checkpoint's files; ``include_pretrained=True`` copies everything instead.
         """
         from safetensors.torch import save_file
 
@@ -372,9 +408,17 @@ class EmoFERModel(nn.Module):
         os.replace(tmp, directory / WEIGHTS_FILE)
         if adapters:
             self.llm.save_adapter(directory / ADAPTER_DIR)
+        source = getattr(self, "checkpoint_source", None)
+        (directory / "checkpoint.json").unlink(missing_ok=True)
+        if source is not None and not include_pretrained:
+            source.save(directory, self)
 
     def load_weights(self, directory: str | os.PathLike[str], missing: str = "error") -> list[str]:
         """Loads the weights a :meth:`save_pretrained` folder holds into this model.
+
+        A folder with a ``checkpoint.json`` (an imported model, see
+        :mod:`emofer.checkpoints.source`) first re-reads its base weights from that
+        checkpoint, which must not have moved or changed.
 
         The folder's model must have this model's shapes, and every weight it
         holds must have a place here (its config may differ in what holds no
@@ -400,9 +444,12 @@ class EmoFERModel(nn.Module):
 
         if missing not in ("error", "keep"):
             raise ValueError(f"missing must be 'error' or 'keep', not {missing!r}")
+        from emofer.checkpoints.source import fill_from_source
+
         directory = Path(directory)
         if not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; is it a save_pretrained directory?")
+        kept_by_import = fill_from_source(self, directory)
         with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
@@ -417,7 +464,9 @@ class EmoFERModel(nn.Module):
             raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
         if (directory / ADAPTER_DIR).exists():
             self.llm.load_adapter(directory / ADAPTER_DIR)
-        kept = kept_parts(not_restored, set(tensors))
+        kept = sorted(set(kept_parts(not_restored, set(tensors))) | set(kept_by_import))
+        if kept_by_import:
+            self.checkpoint_source.mark_kept(self, kept_by_import)
         if kept:
             log.warning("kept at initialisation (not in %s): %s", directory, ", ".join(kept))
         return kept
@@ -430,9 +479,23 @@ class EmoFERModel(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
+        from emofer.checkpoints.source import verify_folder
+
+        verify_folder(directory)  # an imported model's checkpoint is still there, unchanged
         model = build_model(load_config(directory / CONFIG_FILE))
         model.load_weights(directory)
         return model
+
+
+def _raw_batch(clips: list[list[Any]], question: str, enc_tf: Callable, prior_tf: Callable | None) -> dict:
+    """A batch of PIL frame lists (one frame count) through the model's transforms, one question for all."""
+    batch: dict[str, Any] = {
+        "pixels": torch.stack([torch.stack([enc_tf(f) for f in clip]) for clip in clips]),
+        "questions": [question] * len(clips),
+    }
+    if prior_tf is not None:
+        batch["face_pixels"] = torch.stack([torch.stack([prior_tf(f) for f in clip]) for clip in clips])
+    return batch
 
 
 def _frames_of(item: Any, num_frames: int) -> list[Any]:
