@@ -9,6 +9,7 @@ The four component registries are re-exported here::
 
 from importlib import metadata as _metadata
 
+from emofer.checkpoints import CHECKPOINT_FORMATS, from_checkpoint
 from emofer.config import ConfigError, list_presets, load_config
 from emofer.encoders import ENCODERS, FACE_PRIORS
 from emofer.fusion import FUSIONS
@@ -30,6 +31,7 @@ REGISTRIES: dict[str, Registry] = {
 """Every component registry by the plural name the CLI uses."""
 
 __all__ = [
+    "CHECKPOINT_FORMATS",
     "ENCODERS",
     "FACE_PRIORS",
     "FUSIONS",
@@ -44,6 +46,7 @@ __all__ = [
     "UnknownComponentError",
     "__version__",
     "build_model",
+    "from_checkpoint",
     "list_presets",
     "load_config",
 ]

@@ -31,7 +31,7 @@ def test_contracts_cover_the_documented_layering():
     stack = [layer.replace(" ", "") for layer in layers["layers"]]
     assert stack[0] == "cli:commands"
     assert "encoders|fusion|llm|data" in stack  # the parts: independent siblings
-    order = ["cli:commands", "demo", "grid", "experiment", "pretrain:system:cache:metrics", "model:_wiring",
+    order = ["cli:commands", "demo", "grid", "experiment", "pretrain:system:cache:metrics", "model:_wiring:checkpoints",
              "encoders|fusion|llm|data", "config", "registry|labels"]
     assert [s for s in stack if s in order] == order
     forbidden = {m for c in cfg["contracts"] if c["type"] == "forbidden" for m in c["forbidden_modules"]}
