@@ -305,16 +305,11 @@ class EmoFERModel(nn.Module):
                 idx = [i for i, c in enumerate(clips) if len(c) == length]
                 for start in range(0, len(idx), batch_size):
                     chunk = idx[start : start + batch_size]
-                    batch = {
-                        "ids": [str(i) for i in chunk],
-                        "pixels": torch.stack([torch.stack([enc_tf(f) for f in clips[i]]) for i in chunk]),
-                        "questions": [question or category_question(labels, video=length > 1)] * len(chunk),
-                        "classes": labels,
-                    }
-                    if prior_tf is not None:
-                        batch["face_pixels"] = torch.stack(
-                            [torch.stack([prior_tf(f) for f in clips[i]]) for i in chunk]
-                        )
+                    batch = _raw_batch(
+                        [clips[i] for i in chunk], question or category_question(labels, video=length > 1),
+                        enc_tf, prior_tf,
+                    )
+                    batch["ids"], batch["classes"] = [str(i) for i in chunk], labels
                     for i, pred in zip(
                         chunk, self.predict_batch(batch, mode, max_new_tokens=max_new_tokens), strict=True
                     ):
@@ -322,6 +317,40 @@ class EmoFERModel(nn.Module):
         finally:
             self.train(was_training)
         return preds  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def answer_logits(self, inputs: Any, question: str, answer: str, num_frames: int = 8) -> torch.Tensor:
+        """The logits ``[B,A,V]`` that predict each token of ``answer`` (teacher forcing), per input.
+
+        The public read-out for comparing a model with its source (e.g. an imported
+        LLaVA with transformers' ``LlavaForConditionalGeneration``): the prompt is packed
+        exactly as in training, the answer's ``A`` tokens follow it.
+
+        Args:
+            inputs: what :meth:`classify` takes (one input or a list; one frame count), or a
+                batch mapping with ``pixels`` ``[B,T,3,H,W]`` (and ``face_pixels``) already made.
+            question: the instruction, the same for every input.
+            answer: the answer turn whose tokens are scored.
+            num_frames: frames sampled uniformly from each video file.
+        """
+        if not hasattr(self.llm, "answer_logits"):
+            raise ValueError(f"LLM head {self.cfg.llm.name!r} reads no answer tokens; answer_logits needs causal-lm")
+        if isinstance(inputs, Mapping):
+            batch = {**inputs, "questions": [question] * len(inputs["pixels"])}
+        else:
+            items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            clips = [_frames_of(x, num_frames) for x in items]
+            if len({len(c) for c in clips}) > 1:
+                raise ValueError(f"answer_logits takes inputs of one frame count, got {[len(c) for c in clips]}")
+            batch = _raw_batch(clips, question, *self.transforms(False))
+        was_training = self.training
+        self.eval()
+        try:
+            tokens, questions = self.encode(batch)
+            rows = self.llm.answer_logits(tokens, questions, [answer] * len(questions))
+        finally:
+            self.train(was_training)
+        return torch.stack(rows)
 
     # -- persistence ----------------------------------------------------
     def _source_keys(self) -> set[str]:
@@ -433,6 +462,17 @@ class EmoFERModel(nn.Module):
         model = build_model(load_config(directory / CONFIG_FILE))
         model.load_weights(directory)
         return model
+
+
+def _raw_batch(clips: list[list[Any]], question: str, enc_tf: Callable, prior_tf: Callable | None) -> dict:
+    """A batch of PIL frame lists (one frame count) through the model's transforms, one question for all."""
+    batch: dict[str, Any] = {
+        "pixels": torch.stack([torch.stack([enc_tf(f) for f in clip]) for clip in clips]),
+        "questions": [question] * len(clips),
+    }
+    if prior_tf is not None:
+        batch["face_pixels"] = torch.stack([torch.stack([prior_tf(f) for f in clip]) for clip in clips])
+    return batch
 
 
 def _frames_of(item: Any, num_frames: int) -> list[Any]:

@@ -35,6 +35,9 @@ class HFVisionEncoder(VisionEncoder):
         layer: index of the encoder layer whose output becomes the tokens
             (``-2`` the penultimate, as LLaVA uses).
         include_cls: prepend CLIP's class token (SigLIP has none).
+        processor: an image-processor config (what ``preprocessor_config.json`` holds, with
+            ``image_processor_type``, e.g. ``LlavaImageProcessor`` with ``do_pad: true`` for
+            LLaVA-1.5's pad-to-square); overrides the folder's and the default one.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class HFVisionEncoder(VisionEncoder):
         config: dict[str, Any] | None = None,
         layer: int = -2,
         include_cls: bool = False,
+        processor: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         import transformers
@@ -67,7 +71,13 @@ class HFVisionEncoder(VisionEncoder):
         else:
             model = model_cls(getattr(transformers, config_name)(**config))
         image_size = int(model.config.image_size)
-        if path is not None and (Path(path) / "preprocessor_config.json").is_file():
+        if processor is not None:
+            settings = dict(processor)
+            kind = settings.pop("image_processor_type", processor_name)
+            if not hasattr(transformers, kind):
+                raise ValueError(f"hf-{family}: unknown image_processor_type {kind!r} in 'processor'")
+            processor = getattr(transformers, kind).from_dict(settings)
+        elif path is not None and (Path(path) / "preprocessor_config.json").is_file():
             processor = transformers.AutoImageProcessor.from_pretrained(path)
         elif family == "clip":
             size = {"height": image_size, "width": image_size}
@@ -127,6 +137,7 @@ def hf_clip(
     config: dict[str, Any] | None = None,
     layer: int = -2,
     include_cls: bool = False,
+    processor: dict[str, Any] | None = None,
 ) -> HFVisionEncoder:
     """A transformers ``CLIPVisionModel`` from a local directory or a config dict.
 
@@ -135,8 +146,11 @@ def hf_clip(
         config: ``CLIPVisionConfig`` fields for a randomly initialised tower.
         layer: encoder layer whose output is returned (penultimate by default).
         include_cls: prepend the class token.
+        processor: an image-processor config overriding the folder's (see :class:`HFVisionEncoder`).
     """
-    return HFVisionEncoder("clip", path=path, config=config, layer=layer, include_cls=include_cls)
+    return HFVisionEncoder(
+        "clip", path=path, config=config, layer=layer, include_cls=include_cls, processor=processor
+    )
 
 
 @ENCODERS.register("hf-siglip")
@@ -144,6 +158,7 @@ def hf_siglip(
     path: str | None = None,
     config: dict[str, Any] | None = None,
     layer: int = -2,
+    processor: dict[str, Any] | None = None,
 ) -> HFVisionEncoder:
     """A transformers ``SiglipVisionModel`` from a local directory or a config dict.
 
@@ -151,5 +166,6 @@ def hf_siglip(
         path: local ``save_pretrained`` directory (e.g. a SigLIP so400m snapshot).
         config: ``SiglipVisionConfig`` fields for a randomly initialised tower.
         layer: encoder layer whose output is returned (penultimate by default).
+        processor: an image-processor config overriding the folder's (see :class:`HFVisionEncoder`).
     """
-    return HFVisionEncoder("siglip", path=path, config=config, layer=layer)
+    return HFVisionEncoder("siglip", path=path, config=config, layer=layer, processor=processor)

@@ -225,6 +225,19 @@ class CausalLMHead(LLMHead):
         rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(targets)[where]
         return logprobs, rows
 
+    def answer_logits(self, tokens: torch.Tensor, questions: list[str], answers: list[str]) -> list[torch.Tensor]:
+        """The logits ``[A_i,V]`` that predict each answer token of each sample (teacher forcing).
+
+        The sequence is packed as in training (:meth:`pack`), so these are the logits the loss reads.
+        """
+        self._check(tokens, questions)
+        packed = self.pack(tokens.shape[1], questions, answers)
+        logits = decoding.forward(
+            self.model, self._embed(packed, tokens), packed.attention_mask, packed.position_ids
+        )
+        where = packed.labels[:, 1:] != IGNORE_INDEX
+        return [logits[i, :-1][where[i]] for i in range(len(questions))]
+
     def answer_logprob(self, tokens: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
         """Summed log-likelihood ``[B]`` of each sample's whole answer turn (one full pass per batch)."""
         logprobs, rows = self._answer_token_logprobs(tokens, questions, answers)
