@@ -80,3 +80,56 @@ def test_unknown_folder_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match=r"no checkpoint format recognises .*'model_type': 'bert'"):
         detect_format(tmp_path)
+
+
+def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """LLaVA-1.5's own padding (llava/mm_utils.py), restated as the reference."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = Image.new(image.mode, (side, side), background)
+    result.paste(image, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+@pytest.mark.parametrize("size", [(40, 30), (24, 36)], ids=["wide", "tall"])
+def test_llava_original_import_reproduces_transformers_llava(tmp_path, size):
+    from transformers import CLIPImageProcessor
+
+    from tests.llava_checkpoints import write_llava_original
+
+    reference = write_llava_original(tmp_path / "llava-v1.5", tmp_path / "clip")
+    assert detect_format(tmp_path / "llava-v1.5").name == "llava"
+    with pytest.raises(CheckpointError, match="vision tower apart; pass vision="):
+        emofer.from_checkpoint(tmp_path / "llava-v1.5")
+    model = emofer.from_checkpoint(tmp_path / "llava-v1.5", vision=tmp_path / "clip")
+    image = _image(2, size)
+    clip = CLIPImageProcessor.from_pretrained(tmp_path / "clip")
+    padded = expand2square(image, tuple(int(x * 255) for x in clip.image_mean))
+    expected = clip(padded, return_tensors="pt")["pixel_values"]
+    pixels = model.encoder.transform()(image)
+    assert torch.equal(pixels, expected[0])
+    assert not torch.equal(pixels, clip(image, return_tensors="pt")["pixel_values"][0])  # padding matters
+    ours = model.answer_logits(image, QUESTION, ANSWER)
+    theirs = reference_logits(reference, model.llm, expected, QUESTION, ANSWER, NUM_PATCHES)
+    delta = (ours - theirs).abs().max().item()
+    assert delta <= 1e-4, delta
+
+
+def test_llava_original_drops_its_tower_copy_and_names_bad_shards(tmp_path):
+    from tests.llava_checkpoints import write_llava_original
+
+    folder = tmp_path / "llava-v1.5"
+    write_llava_original(folder, tmp_path / "clip", shards=3)
+    shard = folder / "pytorch_model-00001-of-00003.bin"
+    state = torch.load(shard, weights_only=True)
+    state["model.vision_tower.vision_tower.vision_model.embeddings.class_embedding"] = torch.zeros(32)
+    torch.save(state, shard)
+    model = emofer.from_checkpoint(folder, vision=tmp_path / "clip")
+    dropped = model.import_report.dropped
+    assert "LLaVA loads mm_vision_tower" in dropped["model.vision_tower.vision_tower.vision_model.embeddings.class_embedding"]
+    state["model.mm_projector.4.weight"] = torch.zeros(1)
+    torch.save(state, shard)
+    with pytest.raises(CheckpointError, match=r"mm_projector\.4\.weight"):
+        emofer.from_checkpoint(folder, vision=tmp_path / "clip")

@@ -13,7 +13,7 @@ from emofer.checkpoints.base import CheckpointError, Rule
 
 log = logging.getLogger(__name__)
 
-_NOISE = {"transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path", "auto_map"}
+NOISE = {"transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path", "auto_map"}
 
 # markers of a chat template (jinja) → the emofer prompt template that renders the same turns
 _TEMPLATE_MARKERS = (
@@ -25,7 +25,7 @@ _TEMPLATE_MARKERS = (
 
 def clean(config: dict[str, Any]) -> dict[str, Any]:
     """A transformers sub-config as a small dict that rebuilds it (bookkeeping fields dropped)."""
-    return {k: v for k, v in config.items() if k not in _NOISE}
+    return {k: v for k, v in config.items() if k not in NOISE}
 
 
 def dtype_name(dtype: Any) -> str:
