@@ -364,6 +364,9 @@ class EmoFERModel(nn.Module):
                 keys |= {f"{name}.{k}" for k, p in part.named_parameters() if not p.requires_grad}
             if hasattr(part, "adapter_keys"):
                 keys |= {f"{name}.{k}" for k in part.adapter_keys()}
+        source = getattr(self, "checkpoint_source", None)  # imported: emofer.checkpoints.source
+        if source is not None:
+            keys |= source.unchanged(self)
         return keys
 
     def save_pretrained(self, directory: str | os.PathLike[str], include_pretrained: bool = False) -> None:
@@ -373,6 +376,10 @@ class EmoFERModel(nn.Module):
         base LLM under LoRA) are not copied: ``from_pretrained`` reloads them
         from that source. Pass ``include_pretrained=True`` to copy them too
         (needed if such weights were trained and then frozen again).
+
+        A model imported from another project's checkpoint (:func:`emofer.from_checkpoint`)
+        writes only the weights that differ from it, plus ``checkpoint.json`` naming the
+        checkpoint's files; ``include_pretrained=True`` copies everything instead.
         """
         from safetensors.torch import save_file
 
@@ -401,9 +408,17 @@ class EmoFERModel(nn.Module):
         os.replace(tmp, directory / WEIGHTS_FILE)
         if adapters:
             self.llm.save_adapter(directory / ADAPTER_DIR)
+        source = getattr(self, "checkpoint_source", None)
+        (directory / "checkpoint.json").unlink(missing_ok=True)
+        if source is not None and not include_pretrained:
+            source.save(directory, self)
 
     def load_weights(self, directory: str | os.PathLike[str], missing: str = "error") -> list[str]:
         """Loads the weights a :meth:`save_pretrained` folder holds into this model.
+
+        A folder with a ``checkpoint.json`` (an imported model, see
+        :mod:`emofer.checkpoints.source`) first re-reads its base weights from that
+        checkpoint, which must not have moved or changed.
 
         The folder's model must have this model's shapes, and every weight it
         holds must have a place here (its config may differ in what holds no
@@ -429,9 +444,12 @@ class EmoFERModel(nn.Module):
 
         if missing not in ("error", "keep"):
             raise ValueError(f"missing must be 'error' or 'keep', not {missing!r}")
+        from emofer.checkpoints.source import fill_from_source
+
         directory = Path(directory)
         if not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; is it a save_pretrained directory?")
+        kept_by_import = fill_from_source(self, directory)
         with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
@@ -446,7 +464,9 @@ class EmoFERModel(nn.Module):
             raise RuntimeError(f"{mismatch}: missing {not_restored[:8]}, unexpected {sorted(unexpected)[:8]}")
         if (directory / ADAPTER_DIR).exists():
             self.llm.load_adapter(directory / ADAPTER_DIR)
-        kept = kept_parts(not_restored, set(tensors))
+        kept = sorted(set(kept_parts(not_restored, set(tensors))) | set(kept_by_import))
+        if kept_by_import:
+            self.checkpoint_source.mark_kept(self, kept_by_import)
         if kept:
             log.warning("kept at initialisation (not in %s): %s", directory, ", ".join(kept))
         return kept
@@ -459,6 +479,9 @@ class EmoFERModel(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
+        from emofer.checkpoints.source import verify_folder
+
+        verify_folder(directory)  # an imported model's checkpoint is still there, unchanged
         model = build_model(load_config(directory / CONFIG_FILE))
         model.load_weights(directory)
         return model

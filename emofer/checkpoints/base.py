@@ -215,7 +215,9 @@ def map_state(
         )
     if problems:
         raise CheckpointError(f"{origin} does not fit the model: " + "; ".join(problems))
-    kept = kept_parts(absent, set(state) | set(adapters))
+    own = getattr(model, "_source_keys", set)()  # restored by a part's own pretrained source
+    absent = [k for k in absent if k not in own]
+    kept = kept_parts(absent, set(state) | set(adapters) | set(own))
     return MappedState(state=state, dropped=dropped, kept=kept, adapters=adapters)
 
 

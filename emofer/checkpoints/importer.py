@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from emofer.checkpoints.base import CheckpointError, CheckpointFormat, load_mapped, map_state, read_config
+from emofer.checkpoints.source import attach
 from emofer.model import EmoFERModel, build_model
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def from_checkpoint(
     Returns:
         The model, in train mode like :func:`~emofer.model.build_model`'s; its
         ``import_report`` attribute is the :class:`~emofer.checkpoints.base.MappedState`
-        (what was filled, dropped and kept at initialisation).
+        (what was filled, dropped and kept at initialisation), its ``checkpoint_source``
+        the :class:`~emofer.checkpoints.source.CheckpointSource` that lets ``save_pretrained``
+        write only what differs from the checkpoint.
 
     Raises:
         CheckpointError: unknown format, a missing vision tower, or keys that do not fit (named).
@@ -112,6 +115,7 @@ def from_checkpoint(
     source = fmt.source_state(path, vision_path)
     mapped = map_state(source, fmt.rules(model.cfg), model, fmt.fills(model.cfg), origin=str(path))
     load_mapped(model, mapped)
+    attach(model, fmt, path, vision_path, mapped, kept=mapped.kept)
     log.info("imported %s (%s): %s", path, fmt.name, mapped.summary())
     if mapped.kept:
         log.warning("kept at initialisation (not in %s): %s", path, ", ".join(mapped.kept))
