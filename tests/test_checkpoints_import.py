@@ -90,3 +90,19 @@ def test_import_into_a_preset_keeps_the_face_branch_and_a_run_starts_from_it(tmp
     assert reported == kept
     imported = emofer.from_checkpoint(tmp_path / "llava", cfg="emo-llama-tiny")
     assert torch.equal(model.llm.lm.lm_head.weight, imported.llm.lm.lm_head.weight)
+
+
+def test_import_into_emo_llama_7b_on_the_meta_device(tmp_path):
+    """The 7B preset's structure around a (tiny) LLaVA: the checkpoint's parts filled, the rest reported."""
+    write_llava_hf(tmp_path / "llava")
+    with torch.device("meta"):
+        model = emofer.from_checkpoint(tmp_path / "llava", cfg="emo-llama-7b")
+    assert model.cfg.face_prior.name == "facexformer" and model.cfg.fusion.visual.name == "mlp2x-gelu"
+    assert model.cfg.llm.lora.r == 64 and model.cfg.llm.dtype == "bfloat16"  # the preset's training settings
+    kept = model.import_report.kept
+    assert "face_prior" in kept and "fusion.aggregator" in kept
+    filled = {k: v for k, v in model.state_dict().items() if k in model.import_report.state}
+    assert filled and not any(v.is_meta for v in filled.values())
+    assert all(model.state_dict()[k].is_meta for k in model.state_dict() if k.startswith("fusion.aggregator."))
+    lora = [k for k in model.state_dict() if "lora_" in k]
+    assert lora and set(lora) == set(model.import_report.adapters)

@@ -73,7 +73,7 @@ def assemble(
     """The experiment config of an imported LLaVA: its own parts, or ``base`` with them put in.
 
     With a ``base`` preset the encoder and LLM are the checkpoint's (the base's LoRA,
-    gradient checkpointing and dtype kept); a Face Info Mining fusion gets the projector
+    gradient checkpointing, dtype and attention kept); a Face Info Mining fusion gets the projector
     as its visual branch (its face branch stays at initialisation), any other fusion is
     replaced by the projector.
     """
@@ -93,7 +93,8 @@ def assemble(
     node = cfg["model"]
     node["encoder"] = encoder
     old = node.get("llm", {})
-    node["llm"] = {**llm, **{k: old[k] for k in ("lora", "gradient_checkpointing", "trainable") if k in old}}
+    kept = ("lora", "gradient_checkpointing", "trainable", "dtype", "attn_implementation")
+    node["llm"] = {**llm, **{k: old[k] for k in kept if k in old}}
     if node.get("fusion", {}).get("name") == "face-info-mining":
         node["fusion"]["visual"] = {"name": projector}
     else:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,6 +13,44 @@ from torch import nn
 from emofer.encoders import ENCODERS
 from emofer.encoders._common import token_shape
 from emofer.encoders.base import VisionEncoder
+
+log = logging.getLogger(__name__)
+
+
+def quick_gelu_for(model_name: str, pretrained: str | None) -> bool:
+    """Whether weights ``pretrained`` of ``model_name`` need QuickGELU (OpenAI's CLIP activation).
+
+    A pretrained tag says so in its open_clip config. A local file is read with what an
+    ``open_clip_config.json`` beside it says (``model_cfg.quick_gelu``, as on the hub); a
+    file named ``*openai*`` is taken for OpenAI's weights. Otherwise GELU is used, with a
+    warning when the model has QuickGELU weights (OpenAI's, MetaCLIP's, ...) the file might be.
+    """
+    import open_clip
+
+    if pretrained is None or model_name.endswith("-quickgelu"):  # random, or the config already says so
+        return False
+    file = Path(pretrained)
+    if not file.is_file():
+        return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+    config = file.parent / "open_clip_config.json"
+    if config.is_file():
+        quick = bool(json.loads(config.read_text()).get("model_cfg", {}).get("quick_gelu", False))
+        log.info("%s: %s says quick_gelu=%s", file, config.name, quick)
+        return quick
+    if "openai" in file.name.lower():
+        log.info("%s: an OpenAI CLIP file (by its name): QuickGELU", file)
+        return True
+    quick_tags = [
+        t for t in open_clip.list_pretrained_tags_by_model(model_name)
+        if open_clip.get_pretrained_cfg(model_name, t).get("quick_gelu")
+    ]
+    if quick_tags:
+        log.warning(
+            "%s: nothing records its activation; running %s with GELU. Weights trained with QuickGELU "
+            "(open_clip tags %s, e.g. OpenAI's) need quick_gelu: true, or an open_clip_config.json beside the file",
+            file, model_name, ", ".join(quick_tags),
+        )
+    return False
 
 
 @ENCODERS.register("openclip")
@@ -33,6 +74,8 @@ class OpenClipEncoder(VisionEncoder):
             output becomes the tokens; ``-2`` is the penultimate block, as in
             LLaVA and LLaMA-VID.
         include_cls: prepend the class (prefix) token(s) to the patch tokens.
+        quick_gelu: use QuickGELU (OpenAI CLIP's activation); None decides from the
+            weights (:func:`quick_gelu_for`).
 
     Build under ``with torch.device("meta"):`` to inspect a large tower
     without allocating it.
@@ -50,16 +93,18 @@ class OpenClipEncoder(VisionEncoder):
         image_size: int | None = None,
         layer: int = -2,
         include_cls: bool = False,
+        quick_gelu: bool | None = None,
     ) -> None:
         super().__init__()
         import open_clip
 
-        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+        if quick_gelu is None:
+            quick_gelu = quick_gelu_for(model_name, pretrained)
         model, train_tf, eval_tf = open_clip.create_model_and_transforms(
             model_name,
             pretrained=pretrained,
             force_image_size=image_size,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            force_quick_gelu=quick_gelu,
             device=torch.get_default_device(),
         )
         preprocess = open_clip.get_model_preprocess_cfg(model)
@@ -108,7 +153,7 @@ def _prune_after(visual: nn.Module, layer: int) -> bool:
 
 @ENCODERS.register("openclip-vit-l-14")
 def openclip_vit_l_14(
-    pretrained: str | None = None, layer: int = -2, include_cls: bool = False
+    pretrained: str | None = None, layer: int = -2, include_cls: bool = False, quick_gelu: bool | None = None
 ) -> OpenClipEncoder:
     """CLIP ViT-L/14 at 224 px (LLaVA's tower): 256 patch tokens of width 1024.
 
@@ -116,8 +161,11 @@ def openclip_vit_l_14(
         pretrained: e.g. ``"openai"`` or a local checkpoint file; None for random weights.
         layer: block whose output is returned (penultimate by default).
         include_cls: prepend the CLS token.
+        quick_gelu: QuickGELU (OpenAI's weights); None decides from the weights (:func:`quick_gelu_for`).
     """
-    return OpenClipEncoder("ViT-L-14", pretrained=pretrained, layer=layer, include_cls=include_cls)
+    return OpenClipEncoder(
+        "ViT-L-14", pretrained=pretrained, layer=layer, include_cls=include_cls, quick_gelu=quick_gelu
+    )
 
 
 @ENCODERS.register("openclip-eva01-g-14")
