@@ -106,3 +106,34 @@ def test_import_into_emo_llama_7b_on_the_meta_device(tmp_path):
     assert all(model.state_dict()[k].is_meta for k in model.state_dict() if k.startswith("fusion.aggregator."))
     lora = [k for k in model.state_dict() if "lora_" in k]
     assert lora and set(lora) == set(model.import_report.adapters)
+
+
+def test_an_imported_llava_is_a_zero_shot_row_of_a_grid(tmp_path):
+    """Both read-outs of an untrained import, as grid rows (train.max_steps 0 + init_from)."""
+    from emofer.grid import DONE, Grid, run_grid
+
+    write_llava_hf(tmp_path / "llava")
+    emofer.from_checkpoint(tmp_path / "llava").save_pretrained(tmp_path / "model")
+    grid = Grid.load(
+        {
+            "name": "zero-shot",
+            "base": str(tmp_path / "model" / "config.yaml"),
+            "overrides": {
+                "train.max_steps": 0,
+                "train.init_from": str(tmp_path / "model"),
+                "data.test": [{"name": "synthfer", "split": "test", "size": 14}],
+                "eval.max_new_tokens": 3,
+            },
+            "grid": {"eval.mode": ["score", "generate"]},
+        }
+    )
+    results = run_grid(grid, tmp_path / "out")
+    assert [r.status for r in results] == [DONE, DONE]
+    for mode in ("score", "generate"):
+        run = tmp_path / "out" / "runs" / mode
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["eval_mode"] == mode and metrics["num_samples"] == 14 and metrics["steps"] == 0
+        assert (run / "model" / "checkpoint.json").is_file()  # the run's model re-reads the checkpoint too
+        assert (run / "model" / "model.safetensors").stat().st_size < 10_000
+    score = json.loads((tmp_path / "out" / "runs" / "score" / "metrics.json").read_text())
+    assert score["invalid_rate"] == 0.0  # scoring cannot answer off the list; generate may (random weights)
