@@ -133,3 +133,26 @@ def test_llava_original_drops_its_tower_copy_and_names_bad_shards(tmp_path):
     torch.save(state, shard)
     with pytest.raises(CheckpointError, match=r"mm_projector\.4\.weight"):
         emofer.from_checkpoint(folder, vision=tmp_path / "clip")
+
+
+def test_llava_original_reads_a_whole_clip_model_folder(tmp_path):
+    """mm_vision_tower is usually a whole CLIPModel (openai/clip-vit-large-patch14-336): its text tower is dropped."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+    from tests.llava_checkpoints import VISION, clip_processor, write_llava_original
+
+    reference = write_llava_original(tmp_path / "llava-v1.5", tmp_path / "clip")
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": 64, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    whole = CLIPModel(CLIPConfig(vision_config=VISION, text_config=text, projection_dim=16))
+    whole.vision_model.load_state_dict(CLIPVisionModel.from_pretrained(tmp_path / "clip").state_dict())
+    whole.save_pretrained(tmp_path / "clip-whole")
+    clip_processor().save_pretrained(tmp_path / "clip-whole")
+    model = emofer.from_checkpoint(tmp_path / "llava-v1.5", vision=tmp_path / "clip-whole")
+    reasons = set(model.import_report.dropped.values())
+    assert "CLIP's text tower and projections: LLaVA uses the vision tower only" in reasons
+    image = _image(4)
+    pixels = model.encoder.transform()(image)
+    ours = model.answer_logits(image, QUESTION, ANSWER)
+    theirs = reference_logits(reference, model.llm, pixels[None], QUESTION, ANSWER, NUM_PATCHES)
+    assert (ours - theirs).abs().max().item() <= 1e-4

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-c", "--config", help="a preset or YAML whose other parts are kept (e.g. emo-llama-7b); default: none"
     )
     parser.add_argument("overrides", nargs="*", help="dotlist overrides of that config, e.g. model.llm.dtype=bfloat16")
-    parser.add_argument("--format", help="the checkpoint format (default: detected; llava-hf, llava, ...)")
+    parser.add_argument("--format", help="the checkpoint format (default: detected; `emofer list checkpoint_formats`)")
     parser.add_argument(
         "--copy-all",
         action="store_true",

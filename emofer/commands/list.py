@@ -37,6 +37,7 @@ def all_registries() -> dict:
     from emofer.data import DATASETS
 
     regs["datasets"] = DATASETS
+    regs["checkpoint_formats"] = emofer.CHECKPOINT_FORMATS
     return regs
 
 
