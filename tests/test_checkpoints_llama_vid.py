@@ -233,3 +233,61 @@ def test_import_fills_every_part_and_the_llm(source: Source) -> None:
     assert model.cfg.encoder.pad and model.cfg.encoder.image_size == 80
     torch.testing.assert_close(model.llm.lm.lm_head.weight, source.llm.lm_head.weight)
     torch.testing.assert_close(model.llm.lm.model.embed_tokens.weight, source.llm.model.embed_tokens.weight)
+
+
+def rewrite(src: Source, edit) -> None:
+    """Applies ``edit`` to the first shard's tensors and rewrites the shard and the index."""
+    index_file = src.path / "pytorch_model.bin.index.json"
+    index = json.loads(index_file.read_text())
+    shard = src.path / "pytorch_model-00001-of-00002.bin"
+    state = torch.load(shard, weights_only=True)
+    edit(state)
+    torch.save(state, shard)
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not v.endswith("00001-of-00002.bin")}
+    index["weight_map"].update(dict.fromkeys(state, shard.name))
+    index_file.write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s.update({"model.vlm_att_extra.weight": torch.zeros(2)}), r"no rule maps or drops.*model\.vlm_att_extra\.weight"),
+        (lambda s: s.pop("model.vlm_att_key_projector.bias"), r"missing keys.*fusion\.key_proj\.bias"),
+        (lambda s: s.update({"model.vlm_att_query": torch.zeros(1, 5, 128)}),
+         r"wrong shape.*model\.vlm_att_query \(1, 5, 128\) -> fusion\.qformer\.query_tokens \(1, 4, 128\)"),
+    ],
+    ids=["extra", "missing", "misshaped"],
+)
+def test_extra_missing_and_misshaped_keys_are_named(tmp_path, edit, match) -> None:
+    src = Source(tmp_path, "mean")
+    rewrite(src, edit)
+    with pytest.raises(CheckpointError, match=match):
+        imported(src)
+
+
+def test_vision_file_with_unknown_keys_is_named(tmp_path) -> None:
+    src = Source(tmp_path, "mean")
+    state = torch.load(src.vision_file, weights_only=True)
+    state["rel_pos_bias.relative_position_bias_table"] = torch.zeros(3)
+    torch.save(state, src.vision_file)
+    with pytest.raises(CheckpointError, match=r"vision_tower\.rel_pos_bias\.relative_position_bias_table"):
+        imported(src)
+
+
+def test_unsupported_bert_type_is_refused(tmp_path) -> None:
+    src = Source(tmp_path, "mean")
+    config = json.loads((src.path / "config.json").read_text())
+    (src.path / "config.json").write_text(json.dumps({**config, "bert_type": "raw_bert"}))
+    with pytest.raises(CheckpointError, match="bert_type 'raw_bert' is not supported"):
+        imported(src)
+
+
+def test_into_emo_llama_keeps_the_face_branch(source: Source) -> None:
+    """With a Face Info Mining preset the LLaMA-VID tokens fill its visual branch; the face branch is kept."""
+    base = emofer.load_config("emo-llama-tiny")
+    base.model.fusion.visual.tokenizer = str(tiny_bert_tokenizer_dir())
+    model = emofer.from_checkpoint(source.path, vision=source.vision_file, cfg=base)
+    assert model.cfg.fusion.name == "face-info-mining" and model.cfg.fusion.visual.qformer == "bert"
+    kept = model.import_report.kept
+    assert kept and all(k.startswith(("fusion.", "face_prior")) and not k.startswith("fusion.visual") for k in kept)
+    assert model.cfg.face_prior.name == base.model.face_prior.name
