@@ -41,11 +41,11 @@ QUESTIONS = ["What is the facial expression of the person in the image?", "Descr
 
 def lavis_eva(ref: InstructBlipVisionModel) -> dict[str, torch.Tensor]:
     """The reference tower's weights under LAVIS's EVA names (``q_bias``/``v_bias`` split from ``qkv.bias``)."""
-    sd, d = ref.state_dict(), EVA["hidden_size"]
+    sd, d = ref.state_dict(), ref.config.hidden_size
     out = {"cls_token": sd["embeddings.class_embedding"], "pos_embed": sd["embeddings.position_embedding"],
            "patch_embed.proj.weight": sd["embeddings.patch_embedding.weight"],
            "patch_embed.proj.bias": sd["embeddings.patch_embedding.bias"]}
-    for i in range(EVA["num_hidden_layers"]):
+    for i in range(ref.config.num_hidden_layers):
         hf, lv = f"encoder.layers.{i}.", f"blocks.{i}."
         bias = sd[hf + "self_attn.qkv.bias"]
         out |= {lv + "attn.q_bias": bias[:d], lv + "attn.v_bias": bias[2 * d :],
