@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from test_checkpoints_llama_vid import lavis_eva
 from transformers import InstructBlipVisionConfig, InstructBlipVisionModel
 
 import emofer
@@ -13,7 +14,6 @@ from emofer import ENCODERS, FUSIONS, build_model
 from emofer.fusion import FusionSpec
 from emofer.fusion.llama_vid import class_token_skip, grid_tokens
 from emofer.testing import tiny_bert_tokenizer_dir
-from test_checkpoints_llama_vid import lavis_eva
 
 EVA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
        "patch_size": 8, "image_size": 32, "initializer_range": 0.05}

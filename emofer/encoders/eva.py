@@ -173,7 +173,12 @@ class EvaVisionEncoder(VisionEncoder):
         pad: bool = False,
     ) -> None:
         super().__init__()
-        from transformers import CLIPImageProcessor, InstructBlipVisionConfig, InstructBlipVisionModel, LlavaImageProcessor
+        from transformers import (
+            CLIPImageProcessor,
+            InstructBlipVisionConfig,
+            InstructBlipVisionModel,
+            LlavaImageProcessor,
+        )
 
         fields = {**EVA_VIT_G, **(config or {}), "image_size": image_size}
         model = InstructBlipVisionModel(InstructBlipVisionConfig(**fields))

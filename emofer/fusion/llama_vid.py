@@ -36,7 +36,7 @@ from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
 from emofer.fusion._blocks import QueryTransformer, Text, mlp2x_gelu
 from emofer.fusion.base import Fusion, FusionSpec
-from emofer.fusion.bert_qformer import BERT_BASE_QFORMER, BertQFormer
+from emofer.fusion.bert_qformer import BertQFormer
 
 QFORMERS = ("light", "bert")
 _LIGHT_DEFAULTS = {"dim": 256, "depth": 2, "num_heads": 8}
