@@ -226,7 +226,7 @@ def test_import_fills_every_part_and_the_llm(source: Source) -> None:
     report = model.import_report
     assert report.kept == []
     assert set(report.dropped.values()) == {
-        "a constant buffer (0..511) transformers rebuilds",
+        "the BERT position ids: a constant buffer (0, 1, 2, ...) transformers rebuilds",
         "EVA blocks after the first 2: LLaMA-VID and BLIP-2 take the penultimate block's output",
     }
     assert model.cfg.prompt.template == "vicuna_v1" and model.cfg.fusion.content == "null"

@@ -22,6 +22,7 @@ The Q-Former's keys load into transformers' ``InstructBlipQFormerModel`` after
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from emofer.checkpoints.base import (
 )
 from emofer.checkpoints.eva_lavis import read_vision, tower_config, vision_rules
 from emofer.encoders.eva import read_lavis_eva
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("mm_vision_tower", "bert_type", "num_query")
 """config.json fields only LLaMA-VID writes (with ``compress_type``)."""
@@ -137,7 +140,7 @@ def qformer_rules(prefix: str) -> list[Rule]:
     """LLaMA-VID's ``model.vlm_att_*`` and ``model.mm_projector`` keys into a llama-vid fusion at ``prefix``."""
     bert = re.escape(BERT)
     return [
-        Rule.drop(bert + r"embeddings\.position_ids", "a constant buffer (0..511) transformers rebuilds"),
+        Rule.drop(bert + r"embeddings\.position_ids", "the BERT position ids: a constant buffer (0, 1, 2, ...) transformers rebuilds"),
         Rule.rename(bert + r"embeddings\.LayerNorm\.(weight|bias)", prefix + r"qformer.bert.embeddings.layernorm.\1"),
         Rule.rename(
             bert + r"encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(.+)",
@@ -208,6 +211,12 @@ class LlamaVid(CheckpointFormat):
             model["fusion"]["visual"] = fusion
         else:
             model["fusion"] = fusion
+        if "tokenizer" not in fusion:
+            log.warning(
+                "%s: LLaMA-VID's Q-Former reads the question through bert-base-uncased's tokenizer, which the "
+                "folder does not hold; set model.fusion%s.tokenizer to a local copy before running the model",
+                path, ".visual" if "visual" in (model.get("fusion") or {}) else "",
+            )
         model["llm"] = self._llm(path, config, model.get("llm") or {})
         model.setdefault("prompt", {})["template"] = "vicuna_v1"  # LLaMA-VID's imgsp_v1 renders the same text
         model["temporal"] = "concat"  # per frame [context, content...], frames in order
