@@ -291,3 +291,39 @@ def test_into_emo_llama_keeps_the_face_branch(source: Source) -> None:
     kept = model.import_report.kept
     assert kept and all(k.startswith(("fusion.", "face_prior")) and not k.startswith("fusion.visual") for k in kept)
     assert model.cfg.face_prior.name == base.model.face_prior.name
+
+
+def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = -200) -> list[int]:
+    """LLaVA / LLaMA-VID's chunk-wise tokenisation around ``<image>`` (from ``llava.mm_utils``)."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    input_ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        input_ids.append(chunks[0][0])
+    separated = [x for pair in zip(chunks, [[image_token_index] * (offset + 1)] * len(chunks)) for x in pair][:-1]
+    for x in separated:
+        input_ids.extend(x[offset:])
+    return input_ids
+
+
+def test_answer_logits_equal_llama_vid_on_the_same_pixels_and_conversation(source: Source) -> None:
+    """The whole model: LLaMA-VID's vicuna_v1 conversation, chunk-wise ids, its tokens at the image slot."""
+    model = imported(source)
+    question, answer = QUESTIONS[0], "happiness"
+    pixels = torch.randn(2, 3, 80, 80)
+    got = model.answer_logits({"pixels": pixels[:, None]}, question, answer)
+    system = ("A chat between a curious user and an artificial intelligence assistant. "
+              "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+    prompt = f"{system} USER: <image>\n{question} ASSISTANT: {answer}</s>"  # conv_vicuna_v1 with the answer turn
+    ids = tokenizer_image_token(prompt, model.llm.tok)
+    slot = ids.index(-200)
+    with torch.no_grad():
+        visual = source.tokens(pixels, [question, question])
+        embed = source.llm.get_input_embeddings()
+        before, after = embed(torch.tensor(ids[:slot])), embed(torch.tensor(ids[slot + 1 :]))
+        rows = torch.stack([torch.cat([before, v, after]) for v in visual])
+        want = source.llm(inputs_embeds=rows).logits
+    answer_len = got.shape[1]
+    assert answer_len == len(model.llm.tok(f" {answer}</s>", add_special_tokens=False).input_ids)
+    torch.testing.assert_close(got, want[:, -answer_len - 1 : -1], rtol=0, atol=1e-4)
+    print(f"max |Δ logits| = {(got - want[:, -answer_len - 1 : -1]).abs().max().item():.2e}")
