@@ -327,3 +327,30 @@ def test_answer_logits_equal_llama_vid_on_the_same_pixels_and_conversation(sourc
     assert answer_len == len(model.llm.tok(f" {answer}</s>", add_special_tokens=False).input_ids)
     torch.testing.assert_close(got, want[:, -answer_len - 1 : -1], rtol=0, atol=1e-4)
     print(f"max |Δ logits| = {(got - want[:, -answer_len - 1 : -1]).abs().max().item():.2e}")
+
+
+def test_import_command_and_a_folder_that_rereads_the_checkpoint(tmp_path, source: Source, capsys) -> None:
+    from emofer.cli import main
+    from emofer.model import EmoFERModel
+
+    args = ["import", str(source.path), f"model.fusion.visual.tokenizer={tiny_bert_tokenizer_dir()}",
+            "--vision", str(source.vision_file), "-c", "emo-llama-tiny", "--out", str(tmp_path / "model")]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "llama-vid" in out and "kept at initialisation: face_prior, fusion.aggregator" in out
+    model = EmoFERModel.from_pretrained(tmp_path / "model")
+    pixels = torch.randn(1, 3, 80, 80)
+    got = model.fusion.visual(model.eval().encoder(pixels), None, None, questions=QUESTIONS[:1])
+    torch.testing.assert_close(got, source.tokens(pixels, QUESTIONS[:1]), rtol=0, atol=1e-5)
+
+
+def test_import_into_emo_llama_7b_on_the_meta_device(source: Source) -> None:
+    """The 7B preset's structure around a (tiny) LLaMA-VID: its parts filled, the face branch reported as kept."""
+    base = emofer.load_config("emo-llama-7b", [f"model.fusion.visual.tokenizer={tiny_bert_tokenizer_dir()}"])
+    with torch.device("meta"):
+        model = emofer.from_checkpoint(source.path, vision=source.vision_file, cfg=base)
+    assert model.cfg.encoder.name == "eva-vit-g" and model.cfg.fusion.visual.qformer == "bert"
+    assert model.cfg.llm.lora.r == 64 and model.cfg.llm.dtype == "bfloat16"  # the preset's training settings
+    kept = model.import_report.kept
+    assert "face_prior" in kept and "fusion.aggregator" in kept
+    assert not [k for k in kept if k.startswith(("encoder", "fusion.visual", "llm"))]
