@@ -300,7 +300,7 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = -200)
     if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
         offset = 1
         input_ids.append(chunks[0][0])
-    separated = [x for pair in zip(chunks, [[image_token_index] * (offset + 1)] * len(chunks)) for x in pair][:-1]
+    separated = [x for pair in zip(chunks, [[image_token_index] * (offset + 1)] * len(chunks), strict=True) for x in pair][:-1]
     for x in separated:
         input_ids.extend(x[offset:])
     return input_ids
