@@ -72,7 +72,7 @@ def lavis_bert(ref: InstructBlipQFormerModel) -> dict[str, torch.Tensor]:
 class Source:
     """The reference modules and the folder written from them."""
 
-    def __init__(self, root: Path, compress_type: str | None) -> None:
+    def __init__(self, root: Path, compress_type: str | None, safetensors: bool = False) -> None:
         torch.manual_seed(0)
         with torch.no_grad():
             self.vision = InstructBlipVisionModel(InstructBlipVisionConfig(**EVA)).eval()
@@ -93,6 +93,7 @@ class Source:
             self.att[f"model.{name}.weight"] = torch.randn(o, i) / i**0.5
             self.att[f"model.{name}.bias"] = 0.1 * torch.randn(o)
         self.compress_type = compress_type
+        self.safetensors = safetensors
         self.path, self.vision_file = self.write(root)
 
     def write(self, root: Path) -> tuple[Path, Path]:
@@ -103,10 +104,17 @@ class Source:
         shards = [{**self.att, **lavis_bert(self.qformer)}, llm]  # LLaMA-VID's trainer shards by size
         index = {}
         for i, shard in enumerate(shards, 1):
-            name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
-            torch.save(shard, folder / name)
+            if self.safetensors:
+                from safetensors.torch import save_file
+
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file({k: v.contiguous() for k, v in shard.items()}, str(folder / name))
+            else:
+                name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
+                torch.save(shard, folder / name)
             index.update(dict.fromkeys(shard, name))
-        (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+        index_name = "model.safetensors.index.json" if self.safetensors else "pytorch_model.bin.index.json"
+        (folder / index_name).write_text(json.dumps({"metadata": {}, "weight_map": index}))
         config = {**self.llm.config.to_dict(), "model_type": "llava", "architectures": ["LlavaLlamaAttForCausalLM"],
                   "mm_vision_tower": "./model_zoo/LAVIS/eva_vit_g.pth", "bert_type": "qformer_pretrain",
                   "num_query": 4, "compress_type": self.compress_type, "mm_hidden_size": EVA["hidden_size"],
@@ -182,14 +190,16 @@ def test_detects_llama_vid_and_names_what_it_found(source: Source) -> None:
     assert detect_format(source.vision_file).name == "eva-lavis"
 
 
-@pytest.mark.parametrize("compress_type", [None, "mean", "grid:3", "grid:4"])
-def test_tokens_equal_llama_vids(tmp_path, compress_type) -> None:
+@pytest.mark.parametrize(("compress_type", "safetensors"),
+                         [(None, False), ("mean", False), ("grid:3", False), ("grid:4", True)])
+def test_tokens_equal_llama_vids(tmp_path, compress_type, safetensors) -> None:
     """Q-Former (transformers' InstructBLIP one), EVA (penultimate layer) and token generation, all modes.
 
     The grid is 10x10: grid:3 pools 3x3 windows (stride 3, the last row and column unused) and
-    grid:4 pools 2x2 windows into 5x5 tokens, where adaptive pooling would differ.
+    grid:4 pools 2x2 windows into 5x5 tokens, where adaptive pooling would differ. The last case
+    writes the folder as sharded safetensors.
     """
-    src = Source(tmp_path, compress_type)
+    src = Source(tmp_path, compress_type, safetensors)
     model = imported(src)
     assert model.import_report.kept == []
     pixels = torch.randn(2, 3, 80, 80)
