@@ -316,19 +316,25 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = -200)
     return input_ids
 
 
-def test_answer_logits_equal_llama_vid_on_the_same_pixels_and_conversation(source: Source) -> None:
-    """The whole model: LLaMA-VID's vicuna_v1 conversation, chunk-wise ids, its tokens at the image slot."""
+@pytest.mark.parametrize("frames", [1, 3])
+def test_answer_logits_equal_llama_vid_on_the_same_pixels_and_conversation(source: Source, frames: int) -> None:
+    """The whole model: LLaMA-VID's vicuna_v1 conversation, chunk-wise ids, its tokens at the image slot.
+
+    For a video LLaMA-VID puts every frame's tokens, in frame order, in the one image slot,
+    the question repeated per frame for its Q-Former.
+    """
     model = imported(source)
     question, answer = QUESTIONS[0], "happiness"
-    pixels = torch.randn(2, 3, 80, 80)
-    got = model.answer_logits({"pixels": pixels[:, None]}, question, answer)
+    clips = torch.randn(2, frames, 3, 80, 80)
+    got = model.answer_logits({"pixels": clips}, question, answer)
     system = ("A chat between a curious user and an artificial intelligence assistant. "
               "The assistant gives helpful, detailed, and polite answers to the user's questions.")
     prompt = f"{system} USER: <image>\n{question} ASSISTANT: {answer}</s>"  # conv_vicuna_v1 with the answer turn
     ids = tokenizer_image_token(prompt, model.llm.tok)
     slot = ids.index(-200)
     with torch.no_grad():
-        visual = source.tokens(pixels, [question, question])
+        per_frame = source.tokens(clips.flatten(0, 1), [question] * 2 * frames)
+        visual = per_frame.reshape(2, frames, *per_frame.shape[1:]).flatten(1, 2)  # LLaMA-VID's image_counts path
         embed = source.llm.get_input_embeddings()
         before, after = embed(torch.tensor(ids[:slot])), embed(torch.tensor(ids[slot + 1 :]))
         rows = torch.stack([torch.cat([before, v, after]) for v in visual])
