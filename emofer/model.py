@@ -196,7 +196,8 @@ class EmoFERModel(nn.Module):
         text = self.llm.embed_text(questions)
         if text is not None and frames > 1:
             text = (text[0].repeat_interleave(frames, 0), text[1].repeat_interleave(frames, 0))
-        fused = self.fusion(features.visual, features.priors, text)
+        extra = {"questions": questions} if getattr(self.fusion, "reads_questions", False) else {}
+        fused = self.fusion(features.visual, features.priors, text, **extra)
         return self.temporal(fused, frames), questions
 
     def _agr(self, batch: Mapping[str, Any], priors: FacePriorOutput | None, size: int, frames: int) -> list[str]:

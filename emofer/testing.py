@@ -1,4 +1,4 @@
-"""Tiny offline assets for tests and CPU presets: a random tiny LLaMA and its tokenizer.
+"""Tiny offline assets for tests and CPU presets: a random tiny LLaMA and its tokenizer, a tiny BERT tokenizer.
 
 Nothing here downloads anything. The tokenizer is a byte-level BPE trained
 with ``tokenizers`` on a small built-in corpus (the prompt templates, the
@@ -7,7 +7,9 @@ sentences); tokens are capped at 6 characters so several expression names
 span more than one token. The model is a 2-layer LLaMA of width 64 with
 seeded random weights. Both are written once with ``save_pretrained`` to a
 cache directory and loaded back through the real ``from_pretrained`` path,
-so tests exercise the same code as real checkpoints.
+so tests exercise the same code as real checkpoints. The tiny BERT tokenizer
+(for LLaMA-VID's Q-Former) is a lower-casing WordPiece trained on the same
+corpus and saved as a ``bert-base-uncased``-style folder.
 
 The cache lives in ``$EMOFER_CACHE`` (default ``~/.cache/emofer``) under a
 name that hashes everything the assets are built from.
@@ -191,20 +193,55 @@ def tiny_llm_dir() -> Path:
     Creation writes to a temporary directory and renames it, so concurrent
     processes (DDP tests, parallel workers) never see a half-written one.
     """
-    final = default_cache_dir() / f"tiny-llama-{_recipe_hash()}"
-    if (final / "config.json").exists():
+    return _cached(default_cache_dir() / f"tiny-llama-{_recipe_hash()}", "config.json", write_tiny_llm)
+
+
+def _cached(final: Path, marker: str, write: Any) -> Path:
+    """``final``, written by ``write(tmp)`` into a temporary folder and renamed unless ``final/marker`` exists."""
+    if (final / marker).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
-        write_tiny_llm(tmp)
+        write(tmp)
         os.rename(tmp, final)
     except OSError:
-        if not (final / "config.json").exists():
+        if not (final / marker).exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+TINY_BERT_VOCAB_SIZE = 400
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+"""bert-base-uncased's special tokens, in its id order ([PAD] = 0)."""
+
+
+def write_tiny_bert_tokenizer(path: str | os.PathLike[str]) -> Path:
+    """Trains a lower-casing WordPiece on :func:`tiny_corpus` and saves it as a BERT tokenizer folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=TINY_BERT_VOCAB_SIZE, special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer)
+    path = Path(path)
+    BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=True).save_pretrained(path)
+    return path
+
+
+@functools.cache
+def tiny_bert_tokenizer_dir() -> Path:
+    """The directory of the cached tiny BERT tokenizer, created on first use (atomically, as :func:`tiny_llm_dir`)."""
+    digest = hashlib.sha256(
+        json.dumps([ASSET_VERSION, TINY_BERT_VOCAB_SIZE, BERT_SPECIAL_TOKENS, tiny_corpus()]).encode()
+    ).hexdigest()[:12]
+    return _cached(default_cache_dir() / f"tiny-bert-tokenizer-{digest}", "tokenizer_config.json", write_tiny_bert_tokenizer)
 
 
 def check_part(kind: str, name: str, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
@@ -225,4 +262,3 @@ def check_part(kind: str, name: str, kwargs: dict[str, Any] | None = None, **opt
     report = run_checks(kind, name, kwargs, **options)
     assert report.ok, str(report)
     return report
-

@@ -146,7 +146,7 @@ def test_7b_structure_on_meta_device() -> None:
     published = {"encoder": 1.0e9, "face_prior": 92e6, "llm": 6.7e9}
     for part, size in published.items():
         assert abs(count(model.parts()[part]) - size) / size < 0.05, (part, count(model.parts()[part]))
-    assert model.encoder.embed_dim == 1408 and model.encoder.num_tokens == 256
+    assert model.encoder.embed_dim == 1408 and model.encoder.num_tokens == 257  # EVA-ViT-g: CLS + 16x16 patches
     assert model.llm.hidden_size == 4096
     # LoRA r=64 on q_proj and v_proj of 32 layers: 32 * 2 * 64 * (4096 + 4096)
     assert count(model.llm, lora=True) == 32 * 2 * 64 * 8192

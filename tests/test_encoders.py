@@ -33,6 +33,7 @@ TINY = {
     "hf-siglip": {"config": HF_TINY},
     "vit-tiny": {"image_size": 32, "width": 32, "depth": 2, "heads": 2},
     "cnn-tiny": {"image_size": 32, "width": 8},
+    "eva-vit-g": {"image_size": 32, "config": {**HF_TINY, "patch_size": 8, "image_size": 32}},
 }
 """Tiny CPU kwargs of every built-in encoder (a new built-in must add itself here or to BIG)."""
 
@@ -40,6 +41,7 @@ BIG = {
     # name: (num_tokens, embed_dim, parameter range) checked on the meta device only
     "openclip-vit-l-14": (256, 1024, (2.8e8, 3.1e8)),
     "openclip-eva01-g-14": (256, 1408, (0.95e9, 1.05e9)),
+    "eva-vit-g": (257, 1408, (0.95e9, 1.05e9)),
 }
 
 

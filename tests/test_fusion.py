@@ -18,9 +18,9 @@ PRIOR = PriorSpec(global_dim=18, local_dim=12, num_local=68, num_task_tokens=7, 
 SPEC = FusionSpec(D_VIS, N, D_OUT, prior=PRIOR, text_dim=D_TEXT, encoder_name="fake-enc", prior_name="fake-prior")
 SMALL = {"dim": 16, "num_heads": 2, "depth": 1}
 TINY_KWARGS = {
-    "llama-vid": {**SMALL, "num_queries": 4},
+    "llama-vid": {**SMALL, "qformer_queries": 4},
     "resampler": {**SMALL, "num_queries": 5},
-    "face-info-mining": {**SMALL, "num_queries": 4, "visual": {"name": "llama-vid", **SMALL, "num_queries": 4}},
+    "face-info-mining": {**SMALL, "num_queries": 4, "visual": {"name": "llama-vid", **SMALL, "qformer_queries": 4}},
 }
 
 
@@ -237,7 +237,7 @@ def test_face_info_mining_needs_priors_at_run_time() -> None:
 # -- llama-vid ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("num_tokens", "content", "context", "expected"),
-    [(16, "mean", True, 2), (16, "grid:2", True, 5), (17, "grid:4", True, 17), (16, "grid:3", False, 9), (9, "mean", False, 1)],
+    [(16, "mean", True, 2), (16, "grid:2", True, 5), (17, "grid:4", True, 17), (16, "grid:3", False, 16), (9, "mean", False, 1)],
 )
 def test_llama_vid_token_counts(num_tokens: int, content: str, context: bool, expected: int) -> None:
     spec = FusionSpec(D_VIS, num_tokens, D_OUT, text_dim=D_TEXT)

@@ -228,7 +228,7 @@ def test_video_batches_through_temporal_steps(temporal: str, tokens: int) -> Non
 
 
 def test_text_guided_fusion_gets_question_embeddings_per_frame() -> None:
-    fusion = {"name": "llama-vid", "dim": 16, "depth": 1, "num_heads": 2, "num_queries": 4}
+    fusion = {"name": "llama-vid", "dim": 16, "depth": 1, "num_heads": 2, "qformer_queries": 4}
     model = build_model(config(fusion=fusion))
     seen = []
     model.fusion.register_forward_pre_hook(lambda module, args: seen.append(args[2]))

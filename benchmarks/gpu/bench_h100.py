@@ -63,11 +63,15 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def experiment(encoder: str, cpu_smoke: bool) -> dict[str, Any]:
-    """The config: ``emo-llama-7b`` (tokenizer: emofer's tiny offline one), or tiny parts for the CPU dry run."""
-    from emofer.testing import tiny_llm_dir
+    """The config: ``emo-llama-7b`` (tokenizers: emofer's tiny offline ones), or tiny parts for the CPU dry run."""
+    from emofer.testing import tiny_bert_tokenizer_dir, tiny_llm_dir
 
+    bert_tokenizer = str(tiny_bert_tokenizer_dir())  # LLaMA-VID's Q-Former reads the question as BERT text
     if not cpu_smoke:
-        model: dict[str, Any] = {"llm": {"name": "causal-lm", "tokenizer": str(tiny_llm_dir())}}
+        model: dict[str, Any] = {
+            "llm": {"name": "causal-lm", "tokenizer": str(tiny_llm_dir())},
+            "fusion": {"visual": {"tokenizer": bert_tokenizer}},
+        }
         if encoder == "vit-l":
             model["encoder"] = {"name": "openclip-vit-l-14"}
         return {"extends": "emo-llama-7b", "model": model}
@@ -77,7 +81,9 @@ def experiment(encoder: str, cpu_smoke: bool) -> dict[str, Any]:
         "model": {
             "encoder": {"name": "vit-tiny"},
             "face_prior": {"name": "facexformer-tiny", "image_size": 64},
-            "fusion": {"name": "face-info-mining", "visual": {"name": "llama-vid", "content": "mean", **small},
+            "fusion": {"name": "face-info-mining",
+                       "visual": {"name": "llama-vid", "content": "mean", "tokenizer": bert_tokenizer,
+                                  "qformer_queries": 8, "dim": 32, "depth": 1, "num_heads": 4},
                        "k_g": 2, **small},
             "llm": {"name": "causal-lm", "path": "tiny-llama", "lora": {"r": 8, "alpha": 16}},
         },

@@ -51,10 +51,16 @@ class Fusion(nn.Module):
     Subclasses take ``spec: FusionSpec`` as their first argument plus their own
     keyword options, set ``num_output_tokens`` and implement :meth:`forward`.
     ``text`` is ``(embeddings [B,L,text_dim], mask [B,L])`` or None.
+
+    A fusion that reads the instruction as a string (e.g. LLaMA-VID's BERT
+    Q-Former, which tokenises it itself) sets ``reads_questions`` and accepts a
+    ``questions`` keyword in :meth:`forward`: one string per sample (the
+    fusion repeats them for the frames of a video). Others never get it.
     """
 
     num_output_tokens: int
     requires_prior: bool = False
+    reads_questions: bool = False
 
     def __init__(self, spec: FusionSpec) -> None:
         super().__init__()

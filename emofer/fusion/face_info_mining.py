@@ -19,6 +19,7 @@ aggregator into tokens for the LLM. The concrete wiring here is our reading:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -154,6 +155,11 @@ class FaceInfoMining(Fusion):
         self.num_output_tokens = visual_tokens + num_queries
 
     @property
+    def reads_questions(self) -> bool:
+        """True when the visual branch reads the questions as strings (LLaMA-VID's BERT Q-Former)."""
+        return self.visual is not None and bool(getattr(self.visual, "reads_questions", False))
+
+    @property
     def num_clue_tokens(self) -> int:
         """How many global + local clue tokens the aggregator reads."""
         prior = self.spec.prior
@@ -200,10 +206,12 @@ class FaceInfoMining(Fusion):
         visual: torch.Tensor,
         priors: FacePriorOutput | None = None,
         text: Text | None = None,
+        questions: Sequence[str] | None = None,
     ) -> torch.Tensor:
         if priors is None:
             raise ValueError("face-info-mining needs the face prior's output, got priors=None")
         face = self.face_tokens(priors, text)
         if self.visual is None:
             return face
-        return torch.cat([self.visual(visual, priors, text).to(face.dtype), face], dim=1)
+        extra = {"questions": questions} if self.reads_questions else {}
+        return torch.cat([self.visual(visual, priors, text, **extra).to(face.dtype), face], dim=1)
