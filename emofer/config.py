@@ -134,9 +134,25 @@ class TrainConfig:
 
 
 @dataclass
+class PromptVariantsConfig:
+    orders: int = field(default=0, metadata=_help("seeded permutations of the label list to ask with (0: none)"))
+    wordings: bool = field(default=False, metadata=_help("also ask with each question wording of the instruction set"))
+    no_options: bool = field(default=False, metadata=_help("also ask each wording without listing the options"))
+    seed: int = field(default=0, metadata=_help("seed of the label-order permutations"))
+
+
+@dataclass
 class EvalConfig:
     mode: str = field(default="score", metadata=_help("score | generate | classifier"))
     max_new_tokens: int = 8
+    prompt_variants: PromptVariantsConfig = field(
+        default_factory=PromptVariantsConfig,
+        metadata=_help("evaluate under several prompts (emofer eval, emofer suite): docs/evaluation.md"),
+    )
+    temperature: Any = field(
+        default=1.0, metadata=_help("divides the score read-out's log-likelihoods: a number, or 'fit' (on data.val)")
+    )
+    calibration_bins: int = field(default=15, metadata=_help("confidence bins of the ECE and reliability diagram"))
 
 
 @dataclass

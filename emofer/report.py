@@ -1,7 +1,8 @@
 """A grid's results as files: ``results.csv``, ``results.md``, a UAR/WAR bar chart, confusion matrices.
 
-When a grid varies ``seed``, the runs that differ only in their seed are also
-summarised — mean and standard deviation of each metric over the seeds — in
+When a grid varies ``seed`` (or ``fold``: a grid over a suite's folds), the runs
+that differ only in their seed (or fold) are also summarised — mean and
+standard deviation of each metric over the seeds (folds) — in
 ``summary.csv``, ``summary.md`` and ``summary.png`` (mean bars with ±1 std
 whiskers): one seed of a small model can be far from its average, and the
 summary is what to compare variants by.
@@ -66,19 +67,23 @@ def rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 SEED_KEY = "seed"
 """The varied key that :func:`summary_rows` averages over."""
+AVERAGED_KEYS = (SEED_KEY, "fold")
+"""Every varied key :func:`summary_rows` averages over: seeds, and the folds of a suite grid."""
 SUMMARY_METRICS = ("uar", "war", "macro_f1", "invalid_rate")
 
 
 def seed_groups(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    """Runs that differ only in their seed, keyed by the run id without its ``seed=N`` part.
+    """Runs that differ only in their seed (or fold), keyed by the run id without its ``seed=N``
+    (``fold=N``) part.
 
-    Empty when no run varies ``seed``.
+    Empty when no run varies ``seed`` or ``fold``.
     """
-    if not any(SEED_KEY in r.varied for r in results):
+    if not any(key in r.varied for r in results for key in AVERAGED_KEYS):
         return {}
+    prefixes = tuple(f"{key}=" for key in AVERAGED_KEYS)
     groups: dict[str, list[RunResult]] = {}
     for r in results:
-        name = "+".join(t for t in r.id.split("+") if not t.startswith(f"{SEED_KEY}=")) or "run"
+        name = "+".join(t for t in r.id.split("+") if not t.startswith(prefixes)) or "run"
         groups.setdefault(name, []).append(r)
     return groups
 
@@ -106,7 +111,7 @@ def mean_std(row: Mapping[str, Any], key: str) -> str:
 
 def summary_markdown(summary: list[dict[str, Any]]) -> str:
     """The seed summary as a Markdown table: ``mean ± std`` per metric."""
-    heads = ["run", "seeds", "UAR", "WAR", "macro F1", "invalid"]
+    heads = ["run", "seeds / folds", "UAR", "WAR", "macro F1", "invalid"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for row in summary:
         cells = [row["run"], f"{row['seeds']} of {row['runs']}"]

@@ -52,7 +52,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]], title: str) -> Table:
     """One row per seed group: mean ± std over the seeds (the rows of ``summary.csv``)."""
     table = Table(title=title)
     table.add_column("run")
-    table.add_column("seeds", justify="right")
+    table.add_column("seeds / folds", justify="right")
     for key in SCALARS:
         table.add_column(LABELS[key], justify="right")
     from emofer.report import mean_std
@@ -76,3 +76,20 @@ def print_run_result(con: Any, result: Any, word: str = "run") -> None:
         )
     else:
         con.print(f"[red]{word} {result.id} failed[/]: {result.error}")
+
+
+def extras_lines(out: Any) -> list[str]:
+    """What an evaluation folder holds beyond the metrics: prompt variants (their Markdown) and calibration."""
+    import json
+    from pathlib import Path
+
+    out, lines = Path(out), []
+    if (out / "prompt_variants.md").exists():
+        lines += ["prompt robustness (eval.prompt_variants):", (out / "prompt_variants.md").read_text()]
+    if (out / "calibration.json").exists():
+        cal = json.loads((out / "calibration.json").read_text())
+        fitted = f" (fitted on {', '.join(cal['fitted_on'])})" if cal["fitted_on"] else ""
+        lines.append(f"calibration, temperature {cal['temperature']:.4g}{fitted}:")
+        for name, s in cal["sets"].items():
+            lines.append(f"  {name}: ECE {s['ece']:.4f} (at T = 1: {s['ece_t1']:.4f}), diagram {out / s['diagram']}")
+    return lines

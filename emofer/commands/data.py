@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 
 NAME = "data"
-HELP = "data tools: synth (write SynthFER as RAF-DB/DFEW), grid (sample picture), info (class counts)"
+HELP = "data tools: synth (write SynthFER in a FER data set's layout), grid (sample picture), info (class counts)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    synth = sub.add_parser("synth", help="write SynthFER to disk in the RAF-DB or DFEW layout")
+    from emofer.data.synth.export import LAYOUTS
+
+    synth = sub.add_parser("synth", help="write SynthFER to disk in a FER data set's layout")
     synth.add_argument("--out", required=True, help="target folder")
-    synth.add_argument("--layout", choices=("rafdb", "dfew"), default="rafdb")
+    synth.add_argument("--layout", choices=LAYOUTS, default="rafdb")
+    synth.add_argument("--folds", type=int, default=1, help="dfew, mafw: cross-validation folds to write (1-5)")
     synth.add_argument("--train-size", type=int, default=7000)
     synth.add_argument("--test-size", type=int, default=1400)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=64)
-    synth.add_argument("--num-frames", type=int, default=16, help="frames per clip (dfew)")
+    synth.add_argument("--num-frames", type=int, default=16, help="frames per clip (dfew, ferv39k, mafw)")
     synth.add_argument("--difficulty", type=float, default=0.5)
-    synth.add_argument("--offset", action="store_true", help="let clips relax after the apex (dfew)")
+    synth.add_argument("--offset", action="store_true", help="let clips relax after the apex (video layouts)")
     grid = sub.add_parser("grid", help="save a PNG with SynthFER samples, one row per class")
     grid.add_argument("--out", required=True, help="PNG path")
     grid.add_argument("--per-class", type=int, default=8)
@@ -71,11 +74,12 @@ def _synth(args: argparse.Namespace, console) -> int:
     from emofer.data.synth.export import export
 
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"SynthFER -> {args.layout}", total=args.train_size + args.test_size)
+        total = args.train_size + args.test_size * (2 if args.layout == "ferplus" else 1)
+        task = bar.add_task(f"SynthFER -> {args.layout}", total=total)
         root = export(
             args.out, args.layout, args.train_size, args.test_size, seed=args.seed, image_size=args.image_size,
             num_frames=args.num_frames, difficulty=args.difficulty, offset=args.offset,
-            progress=lambda done, total: bar.update(task, completed=done),
+            progress=lambda done, total: bar.update(task, completed=done), folds=args.folds,
         )
     console.print(f"wrote {args.train_size} train + {args.test_size} test samples in the {args.layout} layout to {root}")
     return 0

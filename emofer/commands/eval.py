@@ -29,8 +29,8 @@ def _run_config(ckpt: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     import emofer
-    from emofer.commands._console import console, is_rank_zero, metrics_table
-    from emofer.experiment import evaluate
+    from emofer.commands._console import console, extras_lines, is_rank_zero, metrics_table
+    from emofer.evaluation import evaluate
 
     ckpt = Path(args.ckpt)
     if not ckpt.exists():
@@ -41,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if is_rank_zero():
         con = console()
         con.print(metrics_table(metrics, title=f"{cfg.name} — test ({metrics['eval_mode']})"))
+        for line in extras_lines(out):
+            con.print(line, markup=False, highlight=False, soft_wrap=True)
         con.print(f"metrics and predictions: [bold]{out}[/]")
     return 0

@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}, {out / 'results.png'}")
     summary = summary_rows(results)
     if summary:
-        con.print(summary_table(summary, title=f"grid {grid.name}: mean ± std over seeds"))
-        con.print(f"over seeds: [bold]{out / 'summary.csv'}[/], {out / 'summary.md'}, {out / 'summary.png'}")
+        con.print(summary_table(summary, title=f"grid {grid.name}: mean ± std over seeds / folds"))
+        con.print(f"over seeds / folds: [bold]{out / 'summary.csv'}[/], {out / 'summary.md'}, {out / 'summary.png'}")
     return 0 if all(r.status == "done" for r in results) else 1
 
 

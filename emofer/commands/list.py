@@ -7,7 +7,7 @@ import fnmatch
 import re
 
 NAME = "list"
-HELP = "list registered components (encoders, face_priors, fusions, llm_heads, datasets), presets, grids, templates"
+HELP = "list registered components (encoders, face_priors, fusions, llm_heads, datasets), presets, grids, suites, templates"
 
 _ROLES = re.compile(r":[a-z]+:`~?([^`]+)`")
 
@@ -25,7 +25,8 @@ def _short(text: str, width: int = 90) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "kind", nargs="?", help="one registry (plural name), 'presets', 'grids' or 'templates'; default: all registries"
+        "kind", nargs="?",
+        help="one registry (plural name), 'presets', 'grids', 'suites' or 'templates'; default: all registries",
     )
     parser.add_argument("pattern", nargs="?", default="*", help="shell wildcard on names")
 
@@ -62,6 +63,15 @@ def _listing(kind: str, pattern: str) -> list[tuple[str, str, str]] | None:
             doc = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
             rows.append((path.stem, _short(doc), str(runs)))
         return [r for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
+    if kind == "suites":  # evaluation suites (emofer suite NAME --model DIR)
+        from emofer.suite import Suite, list_suites
+
+        rows = []
+        for name in list_suites():
+            suite = Suite.load(name)
+            sets = ", ".join(s.id + (f" ({len(s.folds)} folds)" if s.folds else "") for s in suite.sets)
+            rows.append((name, _short(suite.description), sets))
+        return [r for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
     if kind == "templates":
         from emofer.llm.prompts import PROMPT_TEMPLATES
 
@@ -80,13 +90,13 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     regs = all_registries()
     kind = args.kind
-    extra = ("presets", "grids", "templates")
+    extra = ("presets", "grids", "suites", "templates")
     if kind in extra:
         table = Table(title=kind)
         table.add_column("name", no_wrap=True)
         table.add_column("prompt" if kind == "templates" else "description")
         if kind != "templates":
-            table.add_column({"presets": "extends", "grids": "runs"}[kind], no_wrap=True)
+            table.add_column({"presets": "extends", "grids": "runs", "suites": "sets"}[kind])
         for row in _listing(kind, args.pattern) or []:
             table.add_row(*row[: len(table.columns)])
         console.print(table)

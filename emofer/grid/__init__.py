@@ -4,7 +4,11 @@ A grid file has a ``base`` (a preset name, a config path or an inline
 config), optional ``overrides`` applied to every run, and ``grid`` (dotted
 keys to lists of values; their cartesian product) and/or ``runs`` (an
 explicit list of ``{id, preset, overrides, init_from}``). When both are
-given, every explicit run is crossed with every grid point. ``init_from:
+given, every explicit run is crossed with every grid point. ``suite: {name,
+sets, folds, data_root, roots}`` adds one run per (data set, fold) of an
+evaluation suite (:func:`emofer.suite.grid_points`: ids ``dfew+fold=3``, each
+trained and tested on its own split), crossed with the rest; the summary then
+averages over the folds. ``init_from:
 <id of an earlier run>`` starts a run from that run's trained model (its
 ``model/`` folder, as ``train.init_from``) at the same grid point: it waits
 for that run (on SLURM: its job depends on that run's job), reruns when

@@ -188,7 +188,7 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
         raw: the parsed grid file.
         root: folder that relative config paths in it are relative to.
     """
-    valid = ("name", "base", "overrides", "grid", "runs", "pretrain", "jobs", "launcher")
+    valid = ("name", "base", "overrides", "grid", "runs", "pretrain", "jobs", "launcher", "suite")
     unknown = set(raw) - set(valid)
     if unknown:
         raise ConfigError(f"unknown grid key(s) {sorted(unknown)}; valid: {', '.join(valid)}")
@@ -197,6 +197,11 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
     axes = raw.get("grid") or {}
     if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError("'grid:' maps dotted config keys to non-empty lists of values")
+    suite_points: list[tuple[list[str], dict[str, Any], dict[str, Any]]] = [([], {}, {})]
+    if raw.get("suite") is not None:  # one run per (data set, fold) of an evaluation suite
+        from emofer.suite import grid_points
+
+        suite_points = grid_points(raw["suite"], root)
     explicit = raw.get("runs") or [{}]
     if not isinstance(explicit, list):
         raise ConfigError("'runs:' is a list of {id, preset, overrides}")
@@ -222,17 +227,19 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
             )
         entry_ids.append(run_id)
         point_ids.append([])
-        for p, point in enumerate(itertools.product(*axes.values())):
+        points = itertools.product(suite_points, itertools.product(*axes.values()))
+        for p, ((suite_tokens, suite_over, suite_varied), point) in enumerate(points):
             varied = dict(zip(axes.keys(), point, strict=True))
-            tokens = ([_token("id", str(run_id))] if run_id else []) + [
+            tokens = ([_token("id", str(run_id))] if run_id else []) + suite_tokens + [
                 _token(k, v) for k, v in varied.items()
             ]
             rid = "+".join(tokens) or (base if isinstance(base, str) else "run")
             rid = Path(rid).stem if rid.endswith((".yaml", ".yml")) else rid
-            overrides = merge_raw(merge_raw(common, run_over), nest(varied))
+            overrides = merge_raw(merge_raw(merge_raw(common, run_over), suite_over), nest(varied))
             parent = point_ids[entry_ids.index(source)][p] if source is not None else None
             point_ids[-1].append(rid)
-            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied=varied, init_from=parent))
+            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied={**suite_varied, **varied},
+                                init_from=parent))
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.id] = seen.get(run.id, 0) + 1
