@@ -194,7 +194,7 @@ def run_suite(
     Args:
         suite: the suite.
         cfg: the evaluation config (read-out, batch size, frames, prompt variants, temperature);
-            its ``data.test``/``data.val`` are replaced per set.
+            its ``data.test`` is replaced per set, its ``data.val`` where the set names a ``val`` split.
         model: a model or run folder (one model for every set), or a suite grid's folder
             (each (set, fold) with the model of its run).
         out: the suite's output folder.
@@ -206,13 +206,19 @@ def run_suite(
     from emofer.evaluation import evaluate
 
     out, model = Path(out), Path(model)
+    if str(cfg.eval.temperature).strip().lower() == "fit" and not cfg.data.val:
+        missing = [s.id for s in suite.sets if not s.val]
+        if missing:
+            raise ConfigError(f"eval.temperature=fit: set(s) {missing} of suite {suite.name} have no validation "
+                              "split; give one for all with data.val=[...]")
     per_set: dict[str, list[dict[str, Any]]] = {}
     for s in suite.sets:
         where = resolve_root(s, data_root, roots)
         for fold in s.points():
             point = copy.deepcopy(cfg)
             point.data.test = [s.entry(where, "test", fold)]
-            point.data.val = [{**s.entry(where, "train", fold), **s.val}] if s.val else []
+            if s.val:  # the set's own validation split; else the config's data.val stays
+                point.data.val = [{**s.entry(where, "train", fold), **s.val}]
             target = out / s.id / (f"fold-{fold}" if fold is not None else "")
             metrics = evaluate(point, _model_for(model, s, fold), target, progress=progress)
             per_set.setdefault(s.id, []).append({"fold": fold, **metrics})

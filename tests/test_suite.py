@@ -9,7 +9,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 
 from emofer.calibration import expected_calibration_error, fit_temperature, probabilities
 from emofer.cli import main
@@ -178,4 +177,9 @@ def test_suite_files_are_checked():
         Suite.load({"sets": [{"id": "x", "dataset": {"name": "dfew", "fold": 1}}]})
     with pytest.raises(ConfigError, match="no set"):
         Suite.load("fer-videos").select(["rafdb"])
-    assert torch.is_tensor(probabilities(torch.zeros(1, 2)))
+    import emofer
+    from emofer.suite import run_suite
+
+    cfg = emofer.load_config("llava-tiny", ["eval.temperature=fit"])
+    with pytest.raises(ConfigError, match=r"set\(s\) \['dfew', 'ferv39k', 'mafw'\] of suite fer-videos have no validation"):
+        run_suite(Suite.load("fer-videos"), cfg, "no-model", "no-out")

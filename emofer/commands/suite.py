@@ -22,16 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def _config_of(model: Path):
-    import emofer
+def _config_of(model: Path) -> Path:
+    """The run config next to a model or run folder, or a suite grid's first run's."""
+    from emofer.commands.eval import _run_config
 
-    candidates = [model / "config.yaml", model.parent / "config.yaml"]
-    if (model / "runs").is_dir():  # a grid folder: the first run's config
-        candidates += sorted((model / "runs").glob("*/config.yaml"))
-    for candidate in candidates:
-        if candidate.exists() and "train:" in candidate.read_text():
-            return candidate
-    raise emofer.ConfigError(f"found no run config for {model}; pass -c CFG")
+    runs = sorted((model / "runs").glob("*/config.yaml")) if (model / "runs").is_dir() else []
+    return runs[0] if runs else _run_config(model)
 
 
 def run(args: argparse.Namespace) -> int:
