@@ -107,7 +107,8 @@ def fit_temperature(
 def reliability_diagram(
     bins: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "", ece: float | None = None
 ) -> None:
-    """A PNG: accuracy per confidence bin (bars) against the diagonal, with the samples per bin below."""
+    """A PNG: accuracy per confidence bin (bars), each bin's mean confidence (red ticks) and the
+    diagonal, with the samples per bin below."""
     from matplotlib.figure import Figure
 
     from emofer.config import atomic_write_bytes
@@ -119,8 +120,8 @@ def reliability_diagram(
     filled = [b for b in bins if b["count"]]
     top.bar([(b["lo"] + b["hi"]) / 2 for b in filled], [b["accuracy"] for b in filled], width=width * 0.95,
             color="tab:blue", edgecolor="white", label="accuracy")
-    top.scatter([b["confidence"] for b in filled], [b["accuracy"] for b in filled], s=8, color="black",
-                zorder=3, label="mean confidence")
+    top.scatter([(b["lo"] + b["hi"]) / 2 for b in filled], [b["confidence"] for b in filled], s=120, marker="_",
+                color="tab:red", linewidths=2, zorder=3, label="mean confidence")
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
