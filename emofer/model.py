@@ -384,15 +384,20 @@ class EmoFERModel(nn.Module):
         """
         from safetensors.torch import save_file
 
+        from emofer.checkpoints.carried import carry_sources, needed_imports
         from emofer.config import save_config
+        from emofer.paths import default_cache_dir
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        skip = set() if include_pretrained else self._source_keys()
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)  # sources carried or recorded: sources.json
+        whole = [n for n in self.parts() if not any(k.startswith(f"{n}.") for k in skip)]
+        carry_sources(self, directory, cfg, whole, default_cache_dir())
         save_config(
-            OmegaConf.create({"model": self.cfg, "custom_imports": self.custom_imports}),
+            OmegaConf.create({"model": cfg, "custom_imports": needed_imports(cfg, self.custom_imports)}),
             directory / CONFIG_FILE,
         )
-        skip = set() if include_pretrained else self._source_keys()
         adapters = {f"llm.{k}" for k in getattr(self.llm, "adapter_keys", set)()}
         tensors, aliases, seen = {}, {}, {}
         for key, value in self.state_dict().items():
@@ -480,10 +485,11 @@ class EmoFERModel(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
+        from emofer.checkpoints.carried import resolve_sources
         from emofer.checkpoints.source import verify_folder
 
         verify_folder(directory)  # an imported model's checkpoint is still there, unchanged
-        model = build_model(load_config(directory / CONFIG_FILE))
+        model = build_model(resolve_sources(load_config(directory / CONFIG_FILE), directory))
         model.load_weights(directory)
         return model
 

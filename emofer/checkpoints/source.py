@@ -40,6 +40,17 @@ def fingerprint(file: Path) -> dict[str, Any]:
     return {"path": str(file.resolve()), "size": size, "sha256_ends": digest.hexdigest()}
 
 
+def mismatch(file: Path, entry: dict[str, Any]) -> str | None:
+    """How ``file`` differs from its :func:`fingerprint` ``entry`` (size, fingerprint), or None if it does not."""
+    now = fingerprint(file)
+    if now["size"] == entry["size"] and now["sha256_ends"] == entry["sha256_ends"]:
+        return None
+    return (
+        f"size {now['size']}, was {entry['size']}; "
+        f"fingerprint {now['sha256_ends'][:12]}, was {entry['sha256_ends'][:12]}"
+    )
+
+
 def checksum(tensor: torch.Tensor) -> str:
     """SHA-1 of a tensor's bytes: whether it is bit-identical to what the checkpoint held.
 
@@ -131,12 +142,9 @@ def verify(record: dict[str, Any], directory: Path) -> None:
                 f"{how}, but {file} is gone (moved or deleted); put it back, or import again "
                 f"(emofer import ... --out {directory})"
             )
-        now = fingerprint(file)
-        if now["size"] != entry["size"] or now["sha256_ends"] != entry["sha256_ends"]:
-            raise CheckpointError(
-                f"{how}, but {file} changed since the import (size {now['size']}, was {entry['size']}; "
-                f"fingerprint {now['sha256_ends'][:12]}, was {entry['sha256_ends'][:12]}); import it again"
-            )
+        problem = mismatch(file, entry)
+        if problem:
+            raise CheckpointError(f"{how}, but {file} changed since the import ({problem}); import it again")
 
 
 def verify_folder(directory: str | os.PathLike[str]) -> None:
