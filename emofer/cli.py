@@ -48,11 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from emofer.checkpoints.base import CheckpointError  # also: a model folder's source is missing
     from emofer.data.errors import DataError
 
     try:
         return int(args._run(args) or 0)
-    except (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError) as err:
+    except (
+        emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError, CheckpointError
+    ) as err:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, highlight=False)

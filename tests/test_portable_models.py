@@ -72,7 +72,7 @@ def test_a_small_base_llm_is_copied_into_the_folder(tmp_path) -> None:
     assert_same_outputs(model, loaded, make_batch(pixels=64))
 
 
-def test_a_large_base_is_referenced_and_checked(tmp_path, monkeypatch) -> None:
+def test_a_large_base_is_referenced_and_checked(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(carried, "SMALL_BYTES", 0)  # every source counts as large
     llm_dir = write_tiny_llm(tmp_path / "big-llm")
     model = _lora_model(llm_dir)
@@ -85,6 +85,16 @@ def test_a_large_base_is_referenced_and_checked(tmp_path, monkeypatch) -> None:
     message = str(err.value)
     assert "model.llm.path" in message and str(llm_dir) in message and "is missing" in message
     assert "set model.llm.path in" in message
+
+    from PIL import Image
+
+    from emofer.cli import main
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "m"), str(tmp_path / "face.png")]) == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert printed.startswith("error:") and "model.llm.path" in printed and "Traceback" not in printed
 
     config = tmp_path / "m" / "config.yaml"
     config.write_text(config.read_text().replace(str(llm_dir), str(tmp_path / "moved-llm")))

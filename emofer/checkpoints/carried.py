@@ -138,10 +138,9 @@ def resolve_sources(cfg: DictConfig, directory: str | os.PathLike[str]) -> DictC
             OmegaConf.update(cfg, entry["key"], str(directory / kept))
             continue
         where = Path(str(OmegaConf.select(cfg, entry["key"])))
-        how = (
-            f"{directory} does not carry {where} ({entry['key']} in {directory / 'config.yaml'}, "
-            f"{sum(f['size'] for f in entry['files']) / 2**20:.0f} MB, saved from {entry['source']})"
-        )
+        size = sum(f["size"] for f in entry["files"]) / 2**20
+        saved = "" if str(where) == entry["source"] else f", saved from {entry['source']}"
+        how = f"{directory} reads {entry['key']} = {where} ({size:.0f} MB{saved}), which it does not carry"
         fix = f"copy it to this machine and set {entry['key']} in {directory / 'config.yaml'} to where it is"
         for record in entry["files"]:
             target = where / record["path"] if record["path"] else where
