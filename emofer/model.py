@@ -378,6 +378,10 @@ class EmoFERModel(nn.Module):
         from that source. Pass ``include_pretrained=True`` to copy them too
         (needed if such weights were trained and then frozen again).
 
+        Files and folders the parts' config names are carried, nulled or recorded in
+        ``sources.json`` (see :mod:`emofer.checkpoints.carried`), and ``custom_imports``
+        keeps only the modules that register a part this model uses.
+
         A model imported from another project's checkpoint (:func:`emofer.from_checkpoint`)
         writes only the weights that differ from it, plus ``checkpoint.json`` naming the
         checkpoint's files; ``include_pretrained=True`` copies everything instead.
