@@ -33,6 +33,13 @@ from emofer.grid import Grid, RunResult, RunSpec, run_grid
 QUICKSTART = PRESET_DIR / "grids" / "quickstart.yaml"
 """The grid the demo runs."""
 
+SEED_SPREAD = (
+    "One seed per variant. Measured over 3 seeds of this grid (docs/quickstart.md): "
+    "the UAR of one variant varies by a standard deviation of TBD; differences smaller "
+    "than about twice that do not rank the variants."
+)
+"""Printed beside a one-seed results table: the seed spread measured with ``grid: {seed: [0, 1, 2]}``."""
+
 
 @dataclass
 class DemoResult:
