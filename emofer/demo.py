@@ -1,14 +1,18 @@
-"""The quickstart: a face prior pretrained on SynthFER, then EMO-LLaMA's ablation grid on it.
+"""The quickstart: EMO-LLaMA's recipe in miniature on SynthFER.
 
 ``emofer demo`` (``make demo``) runs ``emofer/configs/grids/quickstart.yaml``:
 
+0. stage 0 pretrains the tiny base MLLM (the stand-in for LLaMA-VID) on
+   questions about SynthFER faces that are not the expression
+   (:mod:`emofer.base_model`);
 1. stage 1 pretrains ``facexformer-tiny`` on SynthFER's landmarks and
-   age/gender/race labels (the stand-in for the pretrained FaceXFormer; cached
-   under ``$EMOFER_CACHE``, so later demos reuse it);
-2. stage 2 trains and evaluates the grid's variants on SynthFER — the default
-   ``emo-llama-tiny``, its ablations ``-no-fim`` and ``-no-agr``, the
-   ``classifier-tiny`` baseline on images, and the default on videos — with
-   the prior frozen and its features cached.
+   age/gender/race labels (the stand-in for the pretrained FaceXFormer); both
+   stages train at once and are cached under ``$EMOFER_CACHE``, so later
+   demos reuse them;
+2. stage 2 fine-tunes the LLM variants from the base — the default
+   ``emo-llama-tiny`` and its ablations ``-no-fim`` and ``-no-agr`` —, trains
+   the ``classifier-tiny`` baseline and the default on videos, with the prior
+   frozen and its features cached, and tests each once.
 
 Everything lands in one folder: ``results.csv`` / ``results.md`` /
 ``results.png``, ``runs/<id>/`` per variant and ``demo.json`` (wall time).
@@ -32,6 +36,13 @@ from emofer.grid import Grid, RunResult, RunSpec, run_grid
 
 QUICKSTART = PRESET_DIR / "grids" / "quickstart.yaml"
 """The grid the demo runs."""
+
+SEED_SPREAD = (
+    "One seed per variant: runs of one recipe of this grid (trained from scratch, earlier "
+    "sessions) differed by up to ~0.1 UAR, so differences of that size do not rank the "
+    "variants (docs/quickstart.md). For mean ± std, run the grid with `grid: {seed: [0, 1, 2]}`."
+)
+"""Printed beside a one-seed results table: the run-to-run spread measured for this grid's recipe."""
 
 
 @dataclass

@@ -363,11 +363,20 @@ def test_the_shipped_quickstart_grid_resolves():
     grid = Grid.load(QUICKSTART)
     assert [r.id for r in grid.runs] == ["emo-llama-tiny", "no-fim", "no-agr", "classifier-tiny", "video"]
     assert {r.id: r.init_from for r in grid.runs}["video"] == "emo-llama-tiny"  # fine-tuned from the image model
+    # the LLM variants start from stage 0's base model, as EMO-LLaMA starts from LLaMA-VID
+    assert {r.id for r in grid.runs if r.from_base} == {"emo-llama-tiny", "no-fim", "no-agr"}
     configs = {r.id: r.config() for r in grid.runs}
     assert configs["video"].data.num_frames == 4 and configs["emo-llama-tiny"].data.num_frames == 1
     assert configs["classifier-tiny"].eval.mode == "classifier"
-    assert all(c.data.test[0].get("size") is None for c in configs.values())  # the full test split
+    for cfg in configs.values():  # the full test split, with RAF-DB's class frequencies
+        (test,) = cfg.data.test
+        assert test.name == "synthfer" and test.split == "test" and test.get("size") is None
+        assert test.class_distribution == "rafdb"
     assert grid.pretrain["face_prior"]["prior"] == dict(configs["emo-llama-tiny"].model.face_prior)
+    from emofer.base_model import base_config, check_no_expression_task
+
+    stage0 = grid.pretrain["base_model"]
+    check_no_expression_task(base_config(stage0["preset"], stage0["overrides"]))
 
 
 def seeded_metrics(cfg: DictConfig, run_dir: Path) -> dict:

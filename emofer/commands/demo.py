@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 
 NAME = "demo"
-HELP = "the quickstart: pretrain a tiny face prior on SynthFER, then train and compare EMO-LLaMA variants"
+HELP = (
+    "the quickstart: pretrain a tiny base MLLM and a tiny face prior on SynthFER, "
+    "then fine-tune and compare EMO-LLaMA variants"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,15 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emofer.commands._console import console, print_run_result, results_table
-    from emofer.demo import QUICKSTART, run_demo
-    from emofer.report import rows
+    from emofer.commands._console import console, print_run_result, results_table, summary_table
+    from emofer.demo import QUICKSTART, SEED_SPREAD, run_demo
+    from emofer.report import rows, summary_rows
 
     con = console()
     con.rule("[bold]emofer quickstart")
     con.print(
-        "stage 1: a tiny FaceXFormer learns SynthFER's landmarks and age/gender/race (cached after the first demo)\n"
-        "stage 2: EMO-LLaMA variants train and are evaluated on SynthFER's test split"
+        "stage 0: a tiny base MLLM (LLaMA-VID's stand-in) learns to answer questions about SynthFER faces that are "
+        "not the expression (gender, age, ethnicity, head turn and tilt)\n"
+        "stage 1: a tiny FaceXFormer learns SynthFER's landmarks and age/gender/race\n"
+        "         (stages 0 and 1 run at once and are cached after the first demo)\n"
+        "stage 2: EMO-LLaMA variants are fine-tuned from the base and tested once on SynthFER's test split"
     )
 
     def announce(spec, index, total):
@@ -46,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
     )
     con.print(results_table(rows(result.results), title="quickstart on SynthFER (test split)"))
+    summary = summary_rows(result.results)
+    if summary:
+        con.print(summary_table(summary, title="mean ± std over seeds"))
+    else:
+        con.print(SEED_SPREAD)
     out = result.out
     con.print(
         f"finished in {result.seconds:.0f} s. Results: [bold]{out / 'results.csv'}[/], {out / 'results.md'}"

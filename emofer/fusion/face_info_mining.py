@@ -154,6 +154,22 @@ class FaceInfoMining(Fusion):
         visual_tokens = 0 if self.visual is None else self.visual.num_output_tokens
         self.num_output_tokens = visual_tokens + num_queries
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Also loads a base MLLM's visual fusion alone (LLaMA-VID's weights, no face branch).
+
+        EMO-LLaMA starts from LLaMA-VID: the base's fusion weights sit at this
+        module's prefix (``fusion.qformer...``) where this module keeps them in
+        its visual branch (``fusion.visual.qformer...``); they are moved there,
+        and the face branch stays as it is (see ``EmoFERModel.load_weights(missing="keep")``).
+        """
+        if self.visual is not None:
+            visual_keys = set(self.visual.state_dict())
+            for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in visual_keys]:
+                moved = f"{prefix}visual.{key[len(prefix):]}"
+                if moved not in state_dict:
+                    state_dict[moved] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def reads_questions(self) -> bool:
         """True when the visual branch reads the questions as strings (LLaMA-VID's BERT Q-Former)."""

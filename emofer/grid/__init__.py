@@ -15,7 +15,11 @@ for that run (on SLURM: its job depends on that run's job), reruns when
 that run reruns, and fails when it fails. An optional
 ``pretrain: {face_prior: {...}}`` pretrains a face prior first (see
 :func:`emofer.pretrain.pretrain_face_prior`, cached) and hands its weights
-to every run whose ``model.face_prior`` is that prior. ``launcher:`` says
+to every run whose ``model.face_prior`` is that prior; ``pretrain:
+{base_model: {preset, overrides}}`` pretrains a base MLLM (stage 0, see
+:func:`emofer.base_model.pretrain_base_model`, cached) that runs with
+``init_from: base-model`` start from (``train.init_missing: keep``); with
+``jobs > 1`` the two stages train at once. ``launcher:`` says
 where runs execute (``local``, ``local-gpus``, ``slurm``, ``submitit-local``;
 see :mod:`emofer.grid.launchers`).
 

@@ -124,7 +124,7 @@ def run_grid(
     with _controller(out):
         for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
             stale.unlink()
-        pretrained = _pretrained_prior(grid)
+        pretrained, base_model = _run_pretraining(grid, out, jobs)
         ex = make_launcher(section, out, jobs, runner, grid.name)
         todo: list[Task] = []
         active: list[Task] = []
@@ -132,7 +132,7 @@ def run_grid(
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
             try:
-                cfg = _configure(spec, grid.name, out, [pretrained, prepare, ex.shape])
+                cfg = _configure(spec, grid.name, out, [pretrained, prepare, ex.shape], base_model)
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
                 record(index, failed(run_dir, spec, err, 0.0, None))
                 continue
@@ -182,13 +182,21 @@ def run_grid(
 
 
 def _configure(
-    spec: RunSpec, grid_name: str, out: Path, edits: list[Callable[[DictConfig], DictConfig] | None]
+    spec: RunSpec,
+    grid_name: str,
+    out: Path,
+    edits: list[Callable[[DictConfig], DictConfig] | None],
+    base_model: Path | None = None,
 ) -> DictConfig:
-    """A run's config as the grid runs it: started from its init_from run's model, its loggers grouped
-    under the grid's name, then ``edits`` (pretrained prior, the caller's ``prepare``, the launcher's shape)."""
+    """A run's config as the grid runs it: started from its init_from run's model (or the grid's
+    pretrained ``base_model``), its loggers grouped under the grid's name, then ``edits``
+    (pretrained prior, the caller's ``prepare``, the launcher's shape)."""
     cfg = spec.config()
     if spec.init_from is not None:
         cfg.train.init_from = str((out / "runs" / spec.init_from / MODEL_DIR).resolve())
+    if spec.from_base and base_model is not None:  # as a user starts from an imported LLaMA-VID
+        cfg.train.init_from = str(base_model)
+        cfg.train.init_missing = "keep"
     cfg = group_runs(cfg, grid_name)
     for edit in edits:
         cfg = edit(cfg) if edit is not None else cfg
@@ -267,15 +275,67 @@ def _collect_ended(
     return ended
 
 
-def _pretrained_prior(grid: Grid) -> Callable[[DictConfig], DictConfig] | None:
-    """Runs the grid's face-prior pretraining (or finds it cached); returns what hands it to runs."""
-    if "face_prior" not in grid.pretrain:
-        return None
-    from emofer.pretrain import pretrain_face_prior, use_pretrained_prior
+def _pretrain_stage(stage: str, kwargs: dict[str, Any], log_file: Path | None = None, threads: int = 0) -> str:
+    """Runs one pretraining stage (or finds it cached) and returns its path; in a worker process,
+    its output goes to ``log_file`` and it uses ``threads`` torch threads."""
+    if log_file is not None:  # pragma: no cover - runs in the worker processes
+        import ctypes
+        import signal
+        import sys
 
-    recipe = dict(grid.pretrain["face_prior"])
-    weights = pretrain_face_prior(**recipe)
-    return lambda cfg: use_pretrained_prior(cfg, recipe["prior"], weights)
+        import torch
+
+        if sys.platform.startswith("linux"):  # the worker dies with the grid
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as handle:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+        torch.set_num_threads(max(1, threads))
+    if stage == "face_prior":
+        from emofer.pretrain import pretrain_face_prior
+
+        return str(pretrain_face_prior(**kwargs))
+    from emofer.base_model import pretrain_base_model
+
+    return str(pretrain_base_model(**kwargs))
+
+
+def _run_pretraining(
+    grid: Grid, out: Path, jobs: int
+) -> tuple[Callable[[DictConfig], DictConfig] | None, Path | None]:
+    """Runs the grid's pretraining stages (or finds them cached).
+
+    Returns what hands the face prior to every run whose ``model.face_prior``
+    is that prior, and the base model's folder (for runs with ``init_from:
+    base-model``). With ``jobs > 1`` and both stages, they train at once in
+    two processes, their output in ``OUT/logs/pretrain-<stage>.log`` (the
+    base model has no face prior, so neither waits for the other).
+    """
+    stages = {name: dict(grid.pretrain[name]) for name in ("face_prior", "base_model") if name in grid.pretrain}
+    if jobs > 1 and len(stages) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // len(stages))
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        with ProcessPoolExecutor(len(stages), mp_context=context) as pool:
+            futures = {
+                name: pool.submit(_pretrain_stage, name, kwargs, out / "logs" / f"pretrain-{name}.log", threads)
+                for name, kwargs in stages.items()
+            }
+            paths = {name: Path(future.result()) for name, future in futures.items()}
+    else:
+        paths = {name: Path(_pretrain_stage(name, kwargs)) for name, kwargs in stages.items()}
+    prior = None
+    if "face_prior" in paths:
+        from emofer.pretrain import use_pretrained_prior
+
+        recipe, weights = stages["face_prior"], paths["face_prior"]
+        prior = lambda cfg: use_pretrained_prior(cfg, recipe["prior"], weights)  # noqa: E731
+    return prior, paths.get("base_model")
 
 
 def grid_status(

@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from emofer.config import ConfigError, load_config, merge_raw
 
+BASE_MODEL = "base-model"
+"""The ``init_from`` of a run that starts from the grid's pretrained base model (``pretrain: base_model:``)."""
+
 
 @dataclass
 class RunSpec:
@@ -26,6 +29,7 @@ class RunSpec:
         overrides: nested overrides merged over ``base``.
         varied: the values that distinguish this run (shown as result columns).
         init_from: id of the run whose trained model this run starts from.
+        from_base: the run starts from the grid's pretrained base model (``init_from: base-model``).
     """
 
     id: str
@@ -33,6 +37,7 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     varied: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    from_base: bool = False
 
     def config(self) -> DictConfig:
         """The run's resolved, validated experiment config."""
@@ -123,10 +128,17 @@ def launcher_section(raw: Mapping[str, Any], name: str | None = None) -> dict[st
 
 def _pretrain(raw: Mapping[str, Any]) -> dict[str, Any]:
     stages = raw.get("pretrain") or {}
-    if not isinstance(stages, Mapping) or set(stages) - {"face_prior"}:
+    if not isinstance(stages, Mapping) or set(stages) - {"face_prior", "base_model"}:
         raise ConfigError(
-            "'pretrain:' may hold 'face_prior:' (the arguments of emofer.pretrain.pretrain_face_prior)"
+            "'pretrain:' may hold 'face_prior:' (the arguments of emofer.pretrain.pretrain_face_prior) and "
+            "'base_model:' ({preset, overrides}, see emofer.base_model.pretrain_base_model)"
         )
+    base = stages.get("base_model")
+    if base is not None:
+        if not isinstance(base, Mapping) or set(base) - {"preset", "overrides", "cache_dir"}:
+            raise ConfigError("'pretrain: base_model:' takes preset, overrides and cache_dir")
+        overrides = _overrides(base.get("overrides"), "pretrain.base_model")
+        stages = {**stages, "base_model": {**base, "overrides": overrides}}
     return dict(stages)
 
 
@@ -221,6 +233,11 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
             pairs = over.items() if isinstance(over, Mapping) else (s.split("=", 1) for s in over)
             run_id = "+".join(_token(k, v) for k, v in pairs)
         source = entry.get("init_from")
+        from_base = source == BASE_MODEL
+        if from_base:
+            if "base_model" not in (raw.get("pretrain") or {}):
+                raise ConfigError(f"runs[{n}]: init_from {BASE_MODEL!r} needs a 'pretrain: base_model:' stage")
+            source = None
         if source is not None and source not in entry_ids:
             raise ConfigError(
                 f"runs[{n}]: init_from {source!r} is not the id of an earlier run (earlier: {entry_ids})"
@@ -238,8 +255,11 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
             overrides = merge_raw(merge_raw(merge_raw(common, run_over), suite_over), nest(varied))
             parent = point_ids[entry_ids.index(source)][p] if source is not None else None
             point_ids[-1].append(rid)
-            runs.append(RunSpec(id=rid, base=run_base, overrides=overrides, varied={**suite_varied, **varied},
-                                init_from=parent))
+            runs.append(
+                RunSpec(
+                    rid, run_base, overrides, varied={**suite_varied, **varied}, init_from=parent, from_base=from_base
+                )
+            )
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.id] = seen.get(run.id, 0) + 1

@@ -102,6 +102,7 @@ class CausalLMHead(LLMHead):
             else load_tokenizer(tokenizer_path, local_files_only, trust_remote_code, revision)
         )
         self._answer_ids: dict[str, list[int]] = {}
+        self._text_ids: dict[tuple[str, bool], list[int]] = {}
         if trainable == "none":
             self.freeze()
         else:
@@ -156,9 +157,23 @@ class CausalLMHead(LLMHead):
 
     def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The LLM's input embeddings of ``texts`` (no special tokens) and their mask."""
-        rows = self.tok(list(texts), add_special_tokens=False)["input_ids"]
-        ids, mask = pad_ids(rows, self.tok.pad_token_id, self._device)
+        ids, mask = pad_ids(self.token_ids(texts), self.tok.pad_token_id, self._device)
         return self.model.get_input_embeddings()(ids), mask.bool()
+
+    def token_ids(self, texts: list[str], special: bool = False) -> list[list[int]]:
+        """Token ids of each text, each distinct string tokenized once per head (kept up to 65,536).
+
+        The prompt pieces before the visual tokens, evaluation questions and
+        repeated training questions then cost a lookup instead of a tokenizer call.
+        """
+        memo = self._text_ids
+        new = [t for t in dict.fromkeys(texts) if (t, special) not in memo]
+        if new:
+            if len(memo) + len(new) > 65_536:
+                memo.clear()
+            for text, ids in zip(new, self.tok(new, add_special_tokens=special)["input_ids"], strict=True):
+                memo[(text, special)] = ids
+        return [memo[(t, special)] for t in texts]
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of one answer turn as the LLM sees it after the template's anchor."""
@@ -178,8 +193,8 @@ class CausalLMHead(LLMHead):
     def pack(self, num_visual: int, questions: list[str], answers: list[str] | None = None) -> PackedBatch:
         """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch."""
         pieces = [self.template.split(q, self.system) for q in questions]
-        prefix = self.tok([p[0] for p in pieces], add_special_tokens=True)["input_ids"]
-        suffix = self.tok([p[1] for p in pieces], add_special_tokens=False)["input_ids"]
+        prefix = self.token_ids([p[0] for p in pieces], special=True)
+        suffix = self.token_ids([p[1] for p in pieces])
         answer = None if answers is None else [self.answer_ids(a) for a in answers]
         return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device)
 

@@ -16,13 +16,50 @@ SPLITS = {"train": (0, 7000), "val": (1, 700), "test": (2, 1400)}
 
 _SALT = 0x5F3E_FACE
 
+CLASS_DISTRIBUTIONS: dict[str, dict[str, int]] = {
+    # RAF-DB's basic-expression test split (3,068 images; Li et al., CVPR 2017)
+    "rafdb": {
+        "surprise": 329, "fear": 74, "disgust": 160, "happiness": 1185, "sadness": 478, "anger": 162, "neutral": 680,
+    },
+}
+"""Class counts of real data sets that a SynthFER split can follow (``class_distribution``)."""
+
+
+def class_counts(distribution: str | dict[str, float], size: int, classes: tuple[str, ...] = BASIC7) -> list[int]:
+    """Samples per class (in ``classes`` order) for ``size`` samples following ``distribution``.
+
+    ``distribution`` is a name in :data:`CLASS_DISTRIBUTIONS` or class -> weight;
+    counts are rounded by largest remainders, so they sum to ``size``.
+    """
+    if isinstance(distribution, str):
+        if distribution not in CLASS_DISTRIBUTIONS:
+            raise ValueError(
+                f"synthfer: unknown class_distribution {distribution!r}; known: {sorted(CLASS_DISTRIBUTIONS)}"
+            )
+        distribution = CLASS_DISTRIBUTIONS[distribution]
+    weights = dict(distribution)
+    unknown = sorted(set(weights) - set(classes))
+    if unknown or any(float(w) < 0 for w in weights.values()) or not sum(weights.values()):
+        raise ValueError(
+            f"synthfer: class_distribution maps {list(classes)} to non-negative weights, got {dict(weights)}"
+        )
+    total = float(sum(weights.values()))
+    quotas = [size * float(weights.get(c, 0)) / total for c in classes]
+    counts = [int(q) for q in quotas]
+    order = sorted(range(len(classes)), key=lambda i: counts[i] - quotas[i])
+    for i in order[: size - sum(counts)]:
+        counts[i] += 1
+    return counts
+
 
 @DATASETS.register("synthfer")
 class SynthFER(Dataset):
     """Procedural synthetic faces: 7 expressions, exact 68 landmarks, age/gender/race; images or clips.
 
     Each sample is a pure function of ``(seed, split, index)`` and is drawn
-    on the fly. Classes are balanced (``label = index % 7``). Expressions are
+    on the fly. Classes are balanced (``label = index % 7``) unless
+    ``class_distribution`` makes the split follow a real data set's class
+    frequencies (then UAR and WAR differ as on real data). Expressions are
     drawn through brows, eyes, mouth and nose wrinkles at a per-sample
     intensity; skin tone (race), hair and face shape (gender), age cues, head
     pose, lighting, clutter, noise and occasional occluders vary. Clips go
@@ -40,6 +77,10 @@ class SynthFER(Dataset):
             ``[0.9 - 0.6 * difficulty, 1]`` (``[0.6, 1]`` at the default 0.5).
         offset: let clips relax after the apex.
         cache: keep rendered samples in memory (default: on for val/test, off for train).
+        class_distribution: None (balanced), a name in :data:`CLASS_DISTRIBUTIONS`
+            (``rafdb``: RAF-DB's test split, 39% happiness, 2.4% fear) or
+            ``{class: weight}``; the labels are then a fixed shuffle of
+            :func:`class_counts` (the same for every run).
 
     A sample is ``{"id", "image" (PIL) or "frames" (list of PIL), "label",
     "classes", "landmarks" ([68,2] or [T,68,2], output pixels, pixel centres
@@ -65,6 +106,7 @@ class SynthFER(Dataset):
         difficulty: float = 0.5,
         offset: bool = False,
         cache: bool | None = None,
+        class_distribution: str | dict[str, float] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"synthfer: split must be one of {list(SPLITS)}, got {split!r}")
@@ -84,12 +126,20 @@ class SynthFER(Dataset):
         self.video = num_frames > 1
         self.name = f"synthfer-{split}"
         self._cache: dict[int, FaceSample] | None = {} if (split != "train" if cache is None else cache) else None
+        self._labels: list[int] | None = None
+        if class_distribution is not None:
+            counts = class_counts(class_distribution, self.size, self.classes)
+            labels = np.repeat(np.arange(len(self.classes)), counts)
+            rng = np.random.default_rng([_SALT, seed, SPLITS[split][0], len(self.classes)])
+            self._labels = rng.permutation(labels).tolist()
 
     def __len__(self) -> int:
         return self.size
 
     def label(self, index: int) -> int:
-        """The class of sample ``index`` (balanced: ``index % 7``)."""
+        """The class of sample ``index`` (balanced: ``index % 7``; else from the class distribution)."""
+        if self._labels is not None:
+            return self._labels[index]
         return index % len(self.classes)
 
     def labels(self) -> list[int]:
