@@ -35,14 +35,17 @@ log = logging.getLogger(__name__)
 DOCS_URL = "docs/registries.md"
 
 
-class UnknownComponentError(LookupError):
-    """Raised when a registry has no component of the requested name."""
-
-
-class DuplicateComponentError(KeyError):
-    """Raised when a name is registered twice without ``force=True``."""
+class UnknownComponentError(KeyError):
+    """Raised when a registry has no component of the requested name (a ``KeyError``)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class DuplicateComponentError(KeyError, ValueError):
+    """Raised when a name is registered twice without ``force=True``."""
+
+    def __str__(self) -> str:
         return str(self.args[0])
 
 

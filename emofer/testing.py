@@ -39,7 +39,7 @@ from emofer.labels import CANONICAL, FERID7
 from emofer.llm.agr import AGE_LABELS, agr_sentences
 from emofer.llm.loading import NAMED_LLMS
 from emofer.llm.parsing import ALIASES
-from emofer.llm.prompts import IMAGE_MARKER, PROMPT_TEMPLATES
+from emofer.llm.prompts import IMAGE_MARKER, PROMPT_TEMPLATES, get_template
 from emofer.paths import default_cache_dir
 
 ASSET_VERSION = 1
@@ -104,7 +104,7 @@ def tiny_corpus() -> list[str]:
         }
     )
     corpus = []
-    for template in PROMPT_TEMPLATES.values():
+    for template in map(get_template, PROMPT_TEMPLATES.names()):
         for question in questions + list(_CUES[-2:]):
             rendered = template.render(question).replace(IMAGE_MARKER, " ")
             corpus += [rendered + template.answer(name) for name in FERID7]

@@ -12,6 +12,7 @@ from emofer.fusion import FUSIONS, FusionSpec, PriorSpec
 from emofer.fusion._blocks import QueryTransformer, match_batch
 from emofer.fusion.face_info_mining import IBUG68_REGIONS, FaceInfoMining, fourier_encode
 from emofer.fusion.llama_vid import patch_grid
+from emofer.fusion.temporal import TEMPORAL_STEPS, TemporalStep, build_temporal
 
 B, N, D_VIS, D_OUT, D_TEXT = 2, 16, 24, 40, 20
 PRIOR = PriorSpec(global_dim=18, local_dim=12, num_local=68, num_task_tokens=7, task_token_dim=10)
@@ -309,3 +310,31 @@ def test_fourier_encode_shape_and_values() -> None:
     assert enc.shape == (1, 1, 2 + 12)
     torch.testing.assert_close(enc[..., :2], coords)
     torch.testing.assert_close(enc[0, 0, 2], torch.sin(torch.tensor(0.5 * torch.pi)))
+
+
+# -- temporal steps -----------------------------------------------------
+@pytest.mark.parametrize("name", TEMPORAL_STEPS.names())
+def test_every_temporal_step_is_identity_shaped_on_images_and_pools_video(name: str) -> None:
+    step = build_temporal(name, 8)
+    assert isinstance(step, TemporalStep) and step.dim == 8
+    tokens = torch.randn(2 * 3, 4, 8)
+    out = step(tokens, 3)
+    assert out.shape == (2, step.output_tokens(4, 3), 8) and torch.isfinite(out).all()
+    assert step(tokens, 1).shape == (6, 4, 8)
+
+
+def test_temporal_step_plugin_registers_like_any_part() -> None:
+    class LastFrame(TemporalStep):
+        """Keeps the last frame."""
+
+        def forward(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+            return self._split(tokens, num_frames)[:, -1]
+
+    TEMPORAL_STEPS.register("test-last-frame")(LastFrame)
+    try:
+        step = build_temporal("test-last-frame", 8)
+        assert "test-last-frame" in TEMPORAL_STEPS.names() and step(torch.randn(6, 4, 8), 3).shape == (2, 4, 8)
+    finally:
+        TEMPORAL_STEPS._entries.pop("test-last-frame")
+    with pytest.raises(KeyError, match=r"unknown temporal step 'meen'\. Did you mean 'mean'\?"):
+        build_temporal("meen", 8)

@@ -95,6 +95,17 @@ def test_template_registry_errors() -> None:
         PromptTemplate("bad", "", "{question}", "{answer}", ("</s>",))
 
 
+def test_templates_are_a_registry_plugins_join() -> None:
+    assert PROMPT_TEMPLATES.describe("vicuna_v1").startswith("LLaVA / LLaMA-VID's conv_vicuna_v1")
+    mine = PromptTemplate("test-mine", "", "<image>{question}", "{answer}.", (".",))
+    register_template(mine)
+    try:
+        assert get_template("test-mine") is mine and PROMPT_TEMPLATES.source("test-mine") == __name__
+        register_template(mine, force=True)
+    finally:
+        PROMPT_TEMPLATES._entries.pop("test-mine")
+
+
 # -- tokenizer and tiny assets -------------------------------------------
 def test_tiny_tokenizer_is_deterministic_with_specials_and_multi_token_labels() -> None:
     a, b = build_tiny_tokenizer(), build_tiny_tokenizer()

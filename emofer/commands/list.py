@@ -32,9 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def all_registries() -> dict:
+    """The part registries, what parts are configured with (temporal steps, named LLMs), and data sets."""
     import emofer
+    from emofer.fusion.temporal import TEMPORAL_STEPS
+    from emofer.llm.loading import NAMED_LLMS
 
     regs = dict(emofer.REGISTRIES)
+    regs |= {"temporal_steps": TEMPORAL_STEPS, "named_llms": NAMED_LLMS}
     from emofer.data import DATASETS
 
     regs["datasets"] = DATASETS
@@ -73,12 +77,10 @@ def _listing(kind: str, pattern: str) -> list[tuple[str, str, str]] | None:
             rows.append((name, _short(suite.description), sets))
         return [r for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
     if kind == "templates":
-        from emofer.llm.prompts import PROMPT_TEMPLATES
+        from emofer.llm.prompts import PROMPT_TEMPLATES, get_template
 
         return [
-            (name, " ".join(tpl.user.split()), "")
-            for name, tpl in sorted(PROMPT_TEMPLATES.items())
-            if fnmatch.fnmatchcase(name, pattern)
+            (name, " ".join(get_template(name).user.split()), "") for name in PROMPT_TEMPLATES.names(pattern)
         ]
     return None
 

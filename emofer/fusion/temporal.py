@@ -3,6 +3,11 @@
 ``concat`` keeps every frame's tokens in order (LLaMA-VID), ``mean`` averages
 frames token-wise, ``attention`` pools frames token-wise with a learned query.
 Images are videos with ``T=1``; every step is the identity on them.
+
+Steps are registered in :data:`TEMPORAL_STEPS` like every other part and
+built with the LLM width as ``dim``; a plugin adds one with
+``@TEMPORAL_STEPS.register("my-step")`` on a :class:`TemporalStep` subclass
+(or an entry point in the group ``emofer.temporal_steps``).
 """
 
 from __future__ import annotations
@@ -10,9 +15,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emofer.registry import Registry
+
+TEMPORAL_STEPS = Registry("temporal step", "emofer.temporal_steps", public_name="TEMPORAL_STEPS")
+"""Temporal steps by name (``model.temporal``), each built as ``cls(dim=<LLM width>)``."""
+
 
 class TemporalStep(nn.Module):
-    """Base: ``forward(tokens [B*T,M,D], num_frames) -> [B,M',D]``."""
+    """Base: ``forward(tokens [B*T,M,D], num_frames) -> [B,M',D]``.
+
+    Args:
+        dim: the token width ``D`` (the LLM's hidden size).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
 
     def output_tokens(self, tokens_per_frame: int, num_frames: int) -> int:
         return tokens_per_frame
@@ -25,6 +43,7 @@ class TemporalStep(nn.Module):
         return tokens.reshape(bt // num_frames, num_frames, m, d)
 
 
+@TEMPORAL_STEPS.register("concat")
 class ConcatFrames(TemporalStep):
     """Concatenates the frames' tokens in time order (LLaMA-VID)."""
 
@@ -36,6 +55,7 @@ class ConcatFrames(TemporalStep):
         return tokens_per_frame * num_frames
 
 
+@TEMPORAL_STEPS.register("mean")
 class MeanFrames(TemporalStep):
     """Averages the frames token-wise."""
 
@@ -43,11 +63,12 @@ class MeanFrames(TemporalStep):
         return self._split(tokens, num_frames).mean(dim=1)
 
 
+@TEMPORAL_STEPS.register("attention")
 class AttentionPoolFrames(TemporalStep):
     """Pools the frames token-wise with a learned query (softmax over time)."""
 
     def __init__(self, dim: int) -> None:
-        super().__init__()
+        super().__init__(dim)
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Parameter(torch.zeros(dim))
 
@@ -58,15 +79,6 @@ class AttentionPoolFrames(TemporalStep):
         return (weights * x).sum(dim=1)
 
 
-TEMPORAL_STEPS = ("concat", "mean", "attention")
-
-
 def build_temporal(name: str, dim: int) -> TemporalStep:
-    """Builds a temporal step by name for tokens of width ``dim``."""
-    if name == "concat":
-        return ConcatFrames()
-    if name == "mean":
-        return MeanFrames()
-    if name == "attention":
-        return AttentionPoolFrames(dim)
-    raise ValueError(f"unknown temporal step {name!r}; choose from {', '.join(TEMPORAL_STEPS)}")
+    """Builds the temporal step registered as ``name`` for tokens of width ``dim``."""
+    return TEMPORAL_STEPS.build({"name": name}, dim=dim)

@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
-import difflib
+import sys
 from dataclasses import dataclass
+
+from emofer.registry import Registry
 
 IMAGE_MARKER = "<image>"
 """Where the visual tokens go in a rendered prompt."""
@@ -80,34 +82,41 @@ class PromptTemplate:
         return generated.strip()
 
 
-PROMPT_TEMPLATES: dict[str, PromptTemplate] = {}
-"""Every registered template by name."""
+PROMPT_TEMPLATES = Registry(
+    "prompt template", "emofer.prompt_templates", public_name="PROMPT_TEMPLATES"
+)
+"""Every registered template: each entry is a function returning its :class:`PromptTemplate`.
+
+Add one with ``@PROMPT_TEMPLATES.register("my-template")`` on such a function,
+with :func:`register_template`, or with an entry point in the group
+``emofer.prompt_templates``.
+"""
 
 
 def register_template(template: PromptTemplate, force: bool = False) -> PromptTemplate:
-    """Adds a template to :data:`PROMPT_TEMPLATES` (a duplicate name needs ``force=True``)."""
-    if template.name in PROMPT_TEMPLATES and not force:
-        raise ValueError(f"prompt template {template.name!r} is already registered; pass force=True")
-    PROMPT_TEMPLATES[template.name] = template
+    """Registers a ready-made template under its ``name`` (a duplicate name needs ``force=True``)."""
+
+    def factory() -> PromptTemplate:
+        return template
+
+    factory.__doc__ = f"Prompt template {template.name!r} (added with register_template)."
+    factory.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
+    PROMPT_TEMPLATES.add(template.name, factory, force=force)
     return template
 
 
 def get_template(name: str) -> PromptTemplate:
     """The registered template called ``name``; unknown names suggest close ones."""
-    try:
-        return PROMPT_TEMPLATES[name]
-    except KeyError:
-        known = sorted(PROMPT_TEMPLATES)
-        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(
-            f"unknown prompt template {name!r}.{hint} Registered: {', '.join(known)}. "
-            "Add one with emofer.llm.prompts.register_template(PromptTemplate(...))."
-        ) from None
+    template = PROMPT_TEMPLATES.get(name)()
+    if not isinstance(template, PromptTemplate):
+        raise TypeError(f"prompt template {name!r}: its factory returned {type(template).__name__}, not a PromptTemplate")
+    return template
 
 
-register_template(
-    PromptTemplate(
+@PROMPT_TEMPLATES.register("vicuna_v1")
+def vicuna_v1() -> PromptTemplate:
+    """LLaVA / LLaMA-VID's conv_vicuna_v1 (separators " " and "</s>")."""
+    return PromptTemplate(
         name="vicuna_v1",
         system=(
             "A chat between a curious user and an artificial intelligence assistant. "
@@ -117,9 +126,12 @@ register_template(
         answer_format=" {answer}</s>",
         stop=("</s>",),
     )
-)
-register_template(
-    PromptTemplate(
+
+
+@PROMPT_TEMPLATES.register("llama3")
+def llama3() -> PromptTemplate:
+    """LLaVA-NeXT's LLaMA-3 template."""
+    return PromptTemplate(
         name="llama3",
         system=(
             "You are a helpful language and vision assistant. You are able to understand the visual "
@@ -134,9 +146,12 @@ register_template(
         answer_format="{answer}<|eot_id|>",
         stop=("<|eot_id|>",),
     )
-)
-register_template(
-    PromptTemplate(
+
+
+@PROMPT_TEMPLATES.register("chatml")
+def chatml() -> PromptTemplate:
+    """Qwen's ChatML template."""
+    return PromptTemplate(
         name="chatml",
         system="You are a helpful assistant.",
         user=(
@@ -146,13 +161,15 @@ register_template(
         answer_format="{answer}<|im_end|>",
         stop=("<|im_end|>",),
     )
-)
-register_template(
-    PromptTemplate(
+
+
+@PROMPT_TEMPLATES.register("plain")
+def plain() -> PromptTemplate:
+    """No roles: the question, then the answer."""
+    return PromptTemplate(
         name="plain",
         system="",
         user="{system}<image>\n{question}\n",
         answer_format="{answer}</s>",
         stop=("</s>", "\n"),
     )
-)
