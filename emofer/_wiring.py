@@ -14,7 +14,7 @@ from torch import nn
 
 from emofer.contracts import FacePriorOutput
 from emofer.fusion import FUSIONS
-from emofer.fusion.base import FusionSpec, PriorSpec
+from emofer.fusion.base import Fusion, FusionSpec, PriorSpec
 from emofer.llm import LLM_HEADS
 from emofer.registry import accepted_arguments
 
@@ -37,6 +37,16 @@ def model_node(cfg: Any) -> tuple[DictConfig, list[str]]:
         node = node.model
     import_custom(imports)
     return validate({"model": OmegaConf.to_container(node, resolve=True)}).model, imports
+
+
+def expect_part(part: Any, base: type, kind: str, name: str) -> Any:
+    """``part`` itself, when it is a ``base`` (the contract neighbours are wired from); else a named error."""
+    if not isinstance(part, base):
+        raise WiringError(
+            f"{kind} {name!r} built a {type(part).__name__}, not a {base.__name__}: subclass "
+            f"{base.__module__}.{base.__name__} so its dims can be read (see docs/registries.md)"
+        )
+    return part
 
 
 def llm_overrides(cfg: DictConfig) -> dict[str, Any]:
@@ -86,8 +96,8 @@ def fusion_spec(cfg: DictConfig, encoder: nn.Module, prior: Any, llm: nn.Module)
             global_dim=prior.global_dim,
             local_dim=prior.local_dim,
             num_local=prior.num_local,
-            num_task_tokens=getattr(prior, "num_task_tokens", 0),
-            task_token_dim=getattr(prior, "task_token_dim", 0),
+            num_task_tokens=prior.num_task_tokens,
+            task_token_dim=prior.task_token_dim,
         )
     return FusionSpec(
         visual_dim=encoder.embed_dim,
@@ -112,6 +122,7 @@ def build_fusion(cfg: DictConfig, spec: FusionSpec) -> nn.Module:
             f"{spec.num_visual_tokens} tokens), face prior {spec.prior_name!r} and LLM head {spec.llm_name!r} "
             f"(hidden_size {spec.out_dim}): {err}"
         ) from err
+    expect_part(fusion, Fusion, "fusion", name)
     width = probe_width(fusion, spec)
     if width != spec.out_dim:
         raise WiringError(

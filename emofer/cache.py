@@ -37,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emofer.config import atomic_write_text
+from emofer.part import is_frozen
 
 if TYPE_CHECKING:
     from emofer.model import EmoFERModel, Features
@@ -73,9 +74,7 @@ def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
 def frozen_feature_parts(model: EmoFERModel) -> list[str]:
     """The feature parts of ``model`` (encoder, face prior) that have no trainable parameter."""
     parts = model.parts()
-    return [
-        p for p in FEATURE_PARTS if p in parts and not any(q.requires_grad for q in parts[p].parameters())
-    ]
+    return [p for p in FEATURE_PARTS if p in parts and is_frozen(parts[p])]
 
 
 def cache_key(
@@ -95,18 +94,6 @@ def cache_key(
     }
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], description
-
-
-def run_part(model: EmoFERModel, part: str, pixels: torch.Tensor) -> Any:
-    """One feature part on ``[B,T,3,H,W]`` frames flattened into the batch, as ``extract_features`` runs it."""
-    module = model.parts()[part]
-    weight = next((p for p in module.parameters() if p.is_floating_point()), None)
-    x = pixels.flatten(0, 1)
-    if weight is not None:
-        x = x.to(device=weight.device, dtype=weight.dtype)
-    trains = any(p.requires_grad for p in module.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
-        return module(x)
 
 
 def _fields(part: str, output: Any) -> dict[str, torch.Tensor]:
@@ -258,7 +245,7 @@ class FeatureCache:
             fields: dict[str, torch.Tensor] = {}
             with torch.no_grad():
                 for part in self.parts:
-                    fields.update(_fields(part, run_part(model, part, batch[PART_INPUTS[part]][missing])))
+                    fields.update(_fields(part, model.run_part(part, batch[PART_INPUTS[part]][missing])))
             for i, sample in zip(missing, _split(fields, len(missing)), strict=True):
                 sample[_DIGEST] = digests[i]
                 samples[i] = sample
@@ -289,7 +276,7 @@ class FeatureCache:
         outputs = self._cached_outputs(batch, model)
         for part in FEATURE_PARTS:
             if part in model.parts() and part not in outputs:
-                outputs[part] = run_part(model, part, batch[PART_INPUTS[part]])
+                outputs[part] = model.run_part(part, batch[PART_INPUTS[part]])
         return Features(visual=outputs["encoder"], priors=outputs.get("face_prior"))
 
     def flush(self) -> None:

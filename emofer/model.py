@@ -35,17 +35,19 @@ from emofer._wiring import (
     build_fusion,
     check_agr,
     check_freeze,
+    expect_part,
     fusion_spec,
     llm_overrides,
     model_node,
 )
 from emofer.contracts import FacePriorOutput
-from emofer.encoders import ENCODERS, FACE_PRIORS
+from emofer.encoders import ENCODERS, FACE_PRIORS, FacePrior, VisionEncoder
 from emofer.fusion.temporal import build_temporal
-from emofer.llm import LLM_HEADS
+from emofer.llm import LLM_HEADS, LLMHead
 from emofer.llm.agr import ATTRIBUTE_LABELS, agr_sentences
 from emofer.llm.classifier import ClassifierHead
 from emofer.llm.parsing import invalid_rate, parse_label
+from emofer.part import is_frozen, set_frozen
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,6 @@ class Prediction:
     label: str | None
     scores: dict[str, float] = field(default_factory=dict)
     text: str = ""
-
-
-def _frozen(module: nn.Module) -> bool:
-    return not any(p.requires_grad for p in module.parameters())
 
 
 class EmoFERModel(nn.Module):
@@ -130,22 +128,8 @@ class EmoFERModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown part(s) {unknown} to freeze; parts are {list(PARTS)}")
         for name, part in self.parts().items():
-            if name in names:
-                part.requires_grad_(False)
-            elif hasattr(part, "unfreeze"):
-                part.unfreeze()
-            else:
-                part.requires_grad_(True)
+            set_frozen(part, name in names)
         self.train(self.training)
-
-    def train(self, mode: bool = True) -> EmoFERModel:
-        """Sets train mode, keeping frozen parts in eval mode (no dropout, fixed norm statistics)."""
-        super().train(mode)
-        if mode:
-            for part in self.parts().values():
-                if _frozen(part):
-                    part.eval()
-        return self
 
     @property
     def input_size(self) -> int:
@@ -163,21 +147,26 @@ class EmoFERModel(nn.Module):
         """Encoder tokens and face priors of ``[B,T,3,H,W]`` frames, flattened to ``B*T`` rows."""
         if pixels.dim() != 5:
             raise ValueError(f"pixels must be [B,T,3,H,W], got {tuple(pixels.shape)}")
-        visual = self._run(self.encoder, pixels.flatten(0, 1))
+        visual = self.run_part("encoder", pixels)
         priors = None
         if self.face_prior is not None:
             if face_pixels is None:
                 raise ValueError(f"face prior {self.cfg.face_prior.name!r} needs 'face_pixels' in the batch")
-            priors = self._run(self.face_prior, face_pixels.flatten(0, 1))
+            priors = self.run_part("face_prior", face_pixels)
         return Features(visual=visual, priors=priors)
 
-    @staticmethod
-    def _run(part: nn.Module, pixels: torch.Tensor) -> Any:
+    def run_part(self, name: str, pixels: torch.Tensor) -> Any:
+        """One feature part (``encoder`` or ``face_prior``) on ``[B,T,3,H,W]`` frames flattened into the batch.
+
+        The pixels are cast to the part's device and dtype; a frozen part runs without autograd.
+        """
+        part = self.parts()[name]
         weight = next((p for p in part.parameters() if p.is_floating_point()), None)
+        x = pixels.flatten(0, 1)
         if weight is not None:
-            pixels = pixels.to(device=weight.device, dtype=weight.dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not _frozen(part)):
-            return part(pixels)
+            x = x.to(device=weight.device, dtype=weight.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(part)):
+            return part(x)
 
     def encode(
         self, batch: Mapping[str, Any], features: Features | None = None
@@ -361,10 +350,9 @@ class EmoFERModel(nn.Module):
             part = getattr(self, name)
             if part is None:
                 continue
-            if getattr(part, "pretrained_source", None):
+            if part.pretrained_source:
                 keys |= {f"{name}.{k}" for k, p in part.named_parameters() if not p.requires_grad}
-            if hasattr(part, "adapter_keys"):
-                keys |= {f"{name}.{k}" for k in part.adapter_keys()}
+        keys |= {f"llm.{k}" for k in self.llm.adapter_keys()}
         source = getattr(self, "checkpoint_source", None)  # imported: emofer.checkpoints.source
         if source is not None:
             keys |= source.unchanged(self)
@@ -402,7 +390,7 @@ class EmoFERModel(nn.Module):
             OmegaConf.create({"model": cfg, "custom_imports": needed_imports(cfg, self.custom_imports)}),
             directory / CONFIG_FILE,
         )
-        adapters = {f"llm.{k}" for k in getattr(self.llm, "adapter_keys", set)()}
+        adapters = {f"llm.{k}" for k in self.llm.adapter_keys()}
         tensors, aliases, seen = {}, {}, {}
         for key, value in self.state_dict().items():
             if key in skip or key in adapters:
@@ -572,16 +560,18 @@ def build_model(cfg: Any) -> EmoFERModel:
     """
     cfg, imports = model_node(cfg)
     check_freeze(cfg.freeze)
-    encoder = ENCODERS.build(cfg.encoder)
+    encoder = expect_part(ENCODERS.build(cfg.encoder), VisionEncoder, "encoder", cfg.encoder.name)
     prior = FACE_PRIORS.build(cfg.face_prior)
-    llm = LLM_HEADS.build(cfg.llm, **llm_overrides(cfg))
+    if prior is not None:
+        expect_part(prior, FacePrior, "face prior", cfg.face_prior.name)
+    llm = expect_part(LLM_HEADS.build(cfg.llm, **llm_overrides(cfg)), LLMHead, "LLM head", cfg.llm.name)
     check_agr(cfg, prior)
     fusion = build_fusion(cfg, fusion_spec(cfg, encoder, prior, llm))
     temporal = build_temporal(cfg.temporal, llm.hidden_size)
     model = EmoFERModel(cfg, encoder, prior, fusion, temporal, llm, imports)
     for name, part in model.parts().items():
         if name in cfg.freeze:
-            part.requires_grad_(False)
+            set_frozen(part, True)
     return model.train()
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from emofer.metrics import INVALID, SCALARS, expression_metrics, summarize
+from emofer.part import is_frozen
 
 if TYPE_CHECKING:
     from emofer.cache import FeatureCache
@@ -181,9 +182,7 @@ class EmoFERSystem(L.LightningModule):
         if stages:
             self.stages = parse_stages(stages, list(self._parts))
         else:
-            trainable = tuple(
-                n for n, m in self._parts.items() if any(p.requires_grad for p in m.parameters())
-            )
+            trainable = tuple(n for n, m in self._parts.items() if not is_frozen(m))
             self.stages = [Stage(trainable)]
         if feature_cache is not None:
             trained = sorted({p for s in self.stages for p in s.train if p in feature_cache.parts})

@@ -9,45 +9,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from emofer.contracts import FacePriorOutput
+from emofer.part import Part, abstract_attribute
 
 
-class _Freezable(nn.Module):
-    def freeze(self) -> _Freezable:
-        """Stops gradients to every parameter and switches to eval mode."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.eval()
-        return self
-
-    def train(self, mode: bool = True) -> _Freezable:
-        """Sets train mode, except that a frozen module stays in eval mode.
-
-        A parent's ``.train()`` (Lightning calls it every epoch) must not turn
-        on dropout, stochastic depth or batch-norm updates in a frozen tower.
-        """
-        return super().train(mode and not self.is_frozen)
-
-    @property
-    def is_frozen(self) -> bool:
-        """True when no parameter requires gradients (parameter-free modules count as frozen)."""
-        return not any(p.requires_grad for p in self.parameters())
-
-
-class VisionEncoder(_Freezable):
+class VisionEncoder(Part):
     """Pixels ``[B,3,H,W]`` to tokens ``[B,N,D]``.
 
     Subclasses set ``embed_dim``, ``num_tokens``, ``image_size``, ``mean`` and
-    ``std`` and implement :meth:`forward` and :meth:`transform`.
+    ``std`` (a part that lacks one fails when built, naming it) and implement
+    :meth:`forward` and :meth:`transform`.
     """
 
-    embed_dim: int
-    num_tokens: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    embed_dim: int = abstract_attribute("width D of the tokens [B,N,D]")
+    num_tokens: int = abstract_attribute("number N of tokens per image")
+    image_size: int = abstract_attribute("side of the square input in pixels")
+    mean: tuple[float, float, float] = abstract_attribute("per-channel normalisation mean")
+    std: tuple[float, float, float] = abstract_attribute("per-channel normalisation std")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,20 +36,21 @@ class VisionEncoder(_Freezable):
         raise NotImplementedError  # pragma: no cover - abstract
 
 
-class FacePrior(_Freezable):
+class FacePrior(Part):
     """A face-analysis network: pixels to :class:`FacePriorOutput`.
 
     Subclasses set ``global_dim``, ``local_dim``, ``num_local``,
-    ``attribute_labels`` (``{attribute: [class names]}``), ``image_size``,
-    optionally ``task_token_dim``/``num_task_tokens``, and implement
-    :meth:`forward` and :meth:`transform`.
+    ``attribute_labels`` (``{attribute: [class names]}``), ``image_size``
+    (a part that lacks one fails when built, naming it), optionally
+    ``task_token_dim``/``num_task_tokens``, and implement :meth:`forward` and
+    :meth:`transform`.
     """
 
-    global_dim: int
-    local_dim: int
-    num_local: int
-    image_size: int
-    attribute_labels: dict[str, list[str]]
+    global_dim: int = abstract_attribute("width Dg of global_feat [B,Dg]")
+    local_dim: int = abstract_attribute("width Dl of local_feat [B,L,Dl]")
+    num_local: int = abstract_attribute("number L of local features")
+    image_size: int = abstract_attribute("side of the square face crop in pixels")
+    attribute_labels: dict[str, list[str]] = abstract_attribute("{attribute: [class names]} it predicts")
     num_task_tokens: int = 0
     task_token_dim: int = 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from emofer.contracts import FacePriorOutput
+from emofer.part import Part, abstract_attribute
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,12 @@ class FusionSpec:
     llm_name: str = "llm"
 
 
-class Fusion(nn.Module):
+class Fusion(Part):
     """``(visual [B,N,D], priors, text)`` to LLM-space tokens ``[B,M,out_dim]``.
 
     Subclasses take ``spec: FusionSpec`` as their first argument plus their own
-    keyword options, set ``num_output_tokens`` and implement :meth:`forward`.
+    keyword options, set ``num_output_tokens`` (a fusion that lacks it fails
+    when built, naming it) and implement :meth:`forward`.
     ``text`` is ``(embeddings [B,L,text_dim], mask [B,L])`` or None.
 
     A fusion that reads the instruction as a string (e.g. LLaMA-VID's BERT
@@ -58,7 +59,7 @@ class Fusion(nn.Module):
     fusion repeats them for the frames of a video). Others never get it.
     """
 
-    num_output_tokens: int
+    num_output_tokens: int = abstract_attribute("number M of LLM-space tokens per frame")
     requires_prior: bool = False
     reads_questions: bool = False
 

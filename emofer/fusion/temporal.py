@@ -15,13 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emofer.part import Part
 from emofer.registry import Registry
 
 TEMPORAL_STEPS = Registry("temporal step", "emofer.temporal_steps", public_name="TEMPORAL_STEPS")
 """Temporal steps by name (``model.temporal``), each built as ``cls(dim=<LLM width>)``."""
 
 
-class TemporalStep(nn.Module):
+class TemporalStep(Part):
     """Base: ``forward(tokens [B*T,M,D], num_frames) -> [B,M',D]``.
 
     Args:

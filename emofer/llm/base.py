@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from torch import nn
+
+from emofer.part import Part, abstract_attribute
 
 
-class LLMHead(nn.Module):
+class LLMHead(Part):
     """Reads visual tokens ``[B,M,hidden_size]`` together with instructions.
 
-    Subclasses set ``hidden_size`` and implement the three read-outs. A
+    Subclasses set ``hidden_size`` (a head that lacks it fails when built,
+    naming it) and implement the three read-outs. A
     ``question`` is the full user text of one sample (the age-gender-race
     sentence, if any, already placed before the instruction); the head applies
     its prompt template and splices the visual tokens at ``<image>``.
 
-    ``pretrained_source`` names where the head's weights were loaded from (a
-    directory or hub id), or is None for randomly initialised heads; frozen
-    weights from a named source are not copied by ``save_pretrained``.
+    ``pretrained_source`` (see :class:`~emofer.part.Part`) names where the
+    head's weights were loaded from; a head with adapters (LoRA) lists their
+    keys in :meth:`adapter_keys` and saves them with :meth:`save_adapter`.
     """
 
-    hidden_size: int
-    pretrained_source: str | None = None
+    hidden_size: int = abstract_attribute("width of the visual tokens it reads [B,M,hidden_size]")
 
     def embed_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Instruction embeddings ``([B,L,D], mask [B,L])`` for text-guided fusions, or None."""
@@ -54,19 +57,13 @@ class LLMHead(nn.Module):
         """Log-likelihood ``[B,C]`` of each candidate answer."""
         raise NotImplementedError
 
-    def freeze(self) -> LLMHead:
-        """Stops gradients to every parameter (adapters included) and switches to eval mode."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.eval()
-        return self
+    def adapter_keys(self) -> set[str]:
+        """State-dict keys (relative to this head) saved by :meth:`save_adapter`, not in the weights file."""
+        return set()
 
-    def unfreeze(self) -> LLMHead:
-        """Makes the head trainable again under its own policy (all parameters by default)."""
-        for p in self.parameters():
-            p.requires_grad_(True)
-        return self
+    def save_adapter(self, directory: str | Path) -> None:
+        """Writes the adapters to ``directory`` (nothing without adapters)."""
 
-    @property
-    def is_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.parameters())
+    def load_adapter(self, directory: str | Path) -> None:
+        """Loads adapters written by :meth:`save_adapter`."""
+        raise RuntimeError(f"{type(self).__name__} has no adapters to load from {directory}")
