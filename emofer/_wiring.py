@@ -12,14 +12,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from emofer.config import LOAD_CHECKS
 from emofer.contracts import FacePriorOutput
+from emofer.encoders import ENCODERS, FACE_PRIORS
 from emofer.fusion import FUSIONS
 from emofer.fusion.base import Fusion, FusionSpec, PriorSpec
 from emofer.llm import LLM_HEADS
 from emofer.registry import accepted_arguments
 
 PARTS = ("encoder", "face_prior", "fusion", "llm")
-AGR_SOURCES = ("predicted", "ground_truth")
 
 
 class WiringError(ValueError):
@@ -37,6 +38,16 @@ def model_node(cfg: Any) -> tuple[DictConfig, list[str]]:
         node = node.model
     import_custom(imports)
     return validate({"model": OmegaConf.to_container(node, resolve=True)}).model, imports
+
+
+def check_component_types(cfg: DictConfig) -> None:
+    """The model's component arguments checked against their builders' annotations, at load time."""
+    model = cfg.model
+    for key, registry in (("encoder", ENCODERS), ("face_prior", FACE_PRIORS), ("fusion", FUSIONS), ("llm", LLM_HEADS)):
+        registry.check_types(model[key], f"model.{key}")
+
+
+LOAD_CHECKS.append(check_component_types)
 
 
 def expect_part(part: Any, base: type, kind: str, name: str) -> Any:
@@ -66,8 +77,6 @@ def llm_overrides(cfg: DictConfig) -> dict[str, Any]:
 def check_agr(cfg: DictConfig, prior: Any) -> None:
     """The age-gender-race prompt needs a prior predicting age, gender and race (unless from ground truth)."""
     prompt = cfg.prompt
-    if prompt.agr_source not in AGR_SOURCES:
-        raise WiringError(f"prompt.agr_source must be one of {AGR_SOURCES}, got {prompt.agr_source!r}")
     if not prompt.agr or prompt.agr_source != "predicted":
         return
     if prior is None:

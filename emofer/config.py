@@ -20,9 +20,10 @@ import difflib
 import importlib
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any  # noqa: UP035 - omegaconf needs typing.Optional
+from typing import Any, Literal, get_args, get_type_hints  # noqa: UP035 - omegaconf needs typing.Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -36,8 +37,24 @@ class ConfigError(ValueError):
     """A config that cannot be loaded: unknown preset, misspelt key, bad value."""
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+EvalMode = Literal["score", "generate", "classifier"]
+Scheduler = Literal["cosine", "constant"]
+AgrSource = Literal["predicted", "ground_truth"]
+OnBadSample = Literal["error", "skip"]
+FrameSampling = Literal["uniform", "fps"]
+InstructionKind = Literal["category", "conversation", "mixed"]
+InitMissing = Literal["error", "keep"]
+EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
+"""The read-outs (``eval.mode``, ``emofer predict --mode``, ``EmoFERModel.predict_batch``), defined once."""
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+AGR_SOURCES: tuple[str, ...] = get_args(AgrSource)
+ON_BAD_SAMPLE: tuple[str, ...] = get_args(OnBadSample)
+INIT_MISSING: tuple[str, ...] = get_args(InitMissing)
+
+
+def _help(text: str, *, gt: float | None = None, ge: float | None = None, nonempty: bool = False) -> dict[str, Any]:
+    """A field's help text and the range :func:`validate` checks (``gt``/``ge`` a bound, ``nonempty`` a list)."""
+    return {"help": text, "gt": gt, "ge": ge, "nonempty": nonempty}
 
 
 @dataclass
@@ -49,7 +66,7 @@ class PromptConfig:
         default="The person appears to be {gender} aged {age}, {race}.",
         metadata=_help("format of the age-gender-race sentence"),
     )
-    agr_source: str = field(
+    agr_source: AgrSource = field(
         default="predicted", metadata=_help("'predicted' (the face prior) or 'ground_truth'")
     )
 
@@ -60,10 +77,10 @@ class ModelConfig:
     face_prior: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     fusion: dict[str, Any] = field(default_factory=lambda: {"name": "mlp2x-gelu"})
     llm: dict[str, Any] = field(default_factory=lambda: {"name": "causal-lm"})
-    temporal: str = field(default="concat", metadata=_help("concat | mean | attention"))
+    temporal: str = field(default="concat", metadata=_help("a registered temporal step: concat | mean | attention"))
     prompt: PromptConfig = field(default_factory=PromptConfig)
     classes: list[str] = field(
-        default_factory=lambda: list(FERID7), metadata=_help("candidate labels, canonical names")
+        default_factory=lambda: list(FERID7), metadata=_help("candidate labels, canonical names", nonempty=True)
     )
     freeze: list[str] = field(
         default_factory=lambda: ["encoder", "face_prior"],
@@ -80,50 +97,56 @@ class DataConfig:
     test: list[dict[str, Any]] = field(
         default_factory=lambda: [{"name": "synthfer", "split": "test"}]
     )
-    batch_size: int = 16
-    eval_batch_size: int = 32
-    num_workers: int = 0
+    batch_size: int = field(default=16, metadata=_help("training batch size", ge=1))
+    eval_batch_size: int = field(default=32, metadata=_help("evaluation batch size", ge=1))
+    num_workers: int = field(default=0, metadata=_help("data-loader worker processes", ge=0))
     num_frames: int = field(
-        default=1, metadata=_help("frames per clip; also the default num_frames of data sets that take one")
+        default=1, metadata=_help("frames per clip; also the default num_frames of data sets that take one", ge=1)
     )
-    frame_sampling: str = field(default="uniform", metadata=_help("uniform (T segments) | fps (LLaMA-VID)"))
-    fps: float = field(default=1.0, metadata=_help("frames per second under frame_sampling=fps"))
-    folder_fps: float = field(default=25.0, metadata=_help("frame rate assumed for frame folders under fps"))
+    frame_sampling: FrameSampling = field(
+        default="uniform", metadata=_help("uniform (T segments) | fps (LLaMA-VID)")
+    )
+    fps: float = field(default=1.0, metadata=_help("frames per second under frame_sampling=fps", gt=0))
+    folder_fps: float = field(default=25.0, metadata=_help("frame rate assumed for frame folders under fps", gt=0))
     face_crop: bool = False
-    face_margin: float = field(default=0.5, metadata=_help("growth of the face box before cropping"))
+    face_margin: float = field(default=0.5, metadata=_help("growth of the face box before cropping", ge=0))
     balanced_sampler: bool = False
-    on_bad_sample: str = field(default="error", metadata=_help("'error' or 'skip'"))
-    instruction: str = field(default="category", metadata=_help("category | conversation | mixed"))
+    on_bad_sample: OnBadSample = field(default="error", metadata=_help("'error' or 'skip'"))
+    instruction: InstructionKind = field(default="category", metadata=_help("category | conversation | mixed"))
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100
-    max_epochs: int = -1
-    lr: float = 1e-3
-    lr_groups: dict[str, float] = field(
-        default_factory=dict, metadata=_help("per-part learning rates, e.g. {fusion: 1e-3, llm: 2e-4}")
+    max_steps: int = field(
+        default=100, metadata=_help("optimizer steps; -1 = until train.max_epochs (which must then be >= 1)")
     )
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    scheduler: str = field(default="cosine", metadata=_help("cosine | constant"))
+    max_epochs: int = field(default=-1, metadata=_help("epochs; -1 = until train.max_steps", ge=-1))
+    lr: float = field(default=1e-3, metadata=_help("learning rate (0 trains nothing)", ge=0))
+    lr_groups: dict[str, float] = field(
+        default_factory=dict, metadata=_help("per-part learning rates, e.g. {fusion: 1e-3, llm: 2e-4}", ge=0)
+    )
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay", ge=0))
+    warmup_steps: int = field(default=0, metadata=_help("linear warmup steps", ge=0))
+    scheduler: Scheduler = field(default="cosine", metadata=_help("cosine | constant"))
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: Any = 1
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=_help("machines", ge=1))
     strategy: str = "auto"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = field(default=1, metadata=_help("batches per optimizer step", ge=1))
+    gradient_clip_val: float | None = field(default=1.0, metadata=_help("gradient-norm clip; None = off", ge=0))
     stages: list[dict[str, Any]] = field(default_factory=list)
     feature_cache: bool = False
     cache_dir: str | None = None
     out_dir: str = "runs"
-    checkpoint_every: int = field(default=100, metadata=_help("optimizer steps between checkpoints"))
-    val_every: int = field(default=0, metadata=_help("steps between validations with data.val; 0 = per epoch"))
+    checkpoint_every: int = field(default=100, metadata=_help("optimizer steps between checkpoints", ge=1))
+    val_every: int = field(
+        default=0, metadata=_help("steps between validations with data.val; 0 = per epoch", ge=0)
+    )
     init_from: str | None = field(
         default=None, metadata=_help("a save_pretrained (or run) folder whose weights this run starts from")
     )
-    init_missing: str = field(
+    init_missing: InitMissing = field(
         default="error",
         metadata=_help("weights of this model that init_from lacks: 'error', or 'keep' them at initialisation"),
     )
@@ -143,8 +166,8 @@ class PromptVariantsConfig:
 
 @dataclass
 class EvalConfig:
-    mode: str = field(default="score", metadata=_help("score | generate | classifier"))
-    max_new_tokens: int = 8
+    mode: EvalMode = field(default="score", metadata=_help("score | generate | classifier"))
+    max_new_tokens: int = field(default=8, metadata=_help("answer length in generate mode", ge=1))
     prompt_variants: PromptVariantsConfig = field(
         default_factory=PromptVariantsConfig,
         metadata=_help("evaluate under several prompts (emofer eval, emofer suite): docs/evaluation.md"),
@@ -152,7 +175,9 @@ class EvalConfig:
     temperature: Any = field(
         default=1.0, metadata=_help("divides the score read-out's log-likelihoods: a number, or 'fit' (on data.val)")
     )
-    calibration_bins: int = field(default=15, metadata=_help("confidence bins of the ECE and reliability diagram"))
+    calibration_bins: int = field(
+        default=15, metadata=_help("confidence bins of the ECE and reliability diagram", ge=1)
+    )
 
 
 @dataclass
@@ -245,10 +270,15 @@ def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
 
 
 def validate(raw: dict[str, Any] | DictConfig) -> DictConfig:
-    """Merges a plain config into the typed schema; misspelt keys name a suggestion."""
+    """Merges a plain config into the typed schema and checks its ranges, once.
+
+    Misspelt keys name a suggestion; a value of the wrong type, outside a
+    field's choices (``Literal``) or out of its range names the key, the
+    value and what was expected.
+    """
     schema = OmegaConf.structured(ExperimentConfig)
     try:
-        return OmegaConf.merge(schema, raw)  # type: ignore[return-value]
+        cfg = OmegaConf.merge(schema, raw)
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = err.full_key or str(getattr(err, "key", ""))
         valid = _valid_keys(schema, key)
@@ -260,7 +290,43 @@ def validate(raw: dict[str, Any] | DictConfig) -> DictConfig:
             f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(valid)}."
         ) from None
     except ValidationError as err:
-        raise ConfigError(f"invalid value for config key {err.full_key!r}: {err.msg}") from None
+        raise ConfigError(f"invalid value for config key {err.full_key!r}: {str(err.msg).splitlines()[0]}") from None
+    check_ranges(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def _out_of_range(meta: Any, value: Any) -> str | None:
+    """What ``value`` should have been under a field's ``_help`` range, or None when it is in range."""
+    if value is None:
+        return None
+    if meta.get("nonempty") and len(value) == 0:
+        return "a non-empty list"
+    if meta.get("gt") is not None and not value > meta["gt"]:
+        return f"a number > {meta['gt']}"
+    if meta.get("ge") is not None and not value >= meta["ge"]:
+        return f"a number >= {meta['ge']}"
+    return None
+
+
+def check_ranges(cfg: Any, schema: type = ExperimentConfig, prefix: str = "") -> None:
+    """Checks every ranged field of the schema (``_help(..., ge=...)``); a value out of range is a named error."""
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        key, value = prefix + f.name, cfg[f.name]
+        if is_dataclass(hints[f.name]):
+            check_ranges(value, hints[f.name], key + ".")
+            continue
+        values = value.items() if isinstance(value, DictConfig) else [("", value)]
+        for sub, v in values:
+            expected = _out_of_range(f.metadata, v)
+            if expected:
+                name = f"{key}.{sub}" if sub else key
+                raise ConfigError(f"config key {name!r} is {v!r}; expected {expected} ({f.metadata['help']})")
+    if schema is TrainConfig and cfg.max_steps < 1 and not (cfg.max_steps == -1 and cfg.max_epochs >= 1):
+        raise ConfigError(
+            f"config key '{prefix}max_steps' is {cfg.max_steps!r}; expected an integer >= 1, or -1 with "
+            f"{prefix}max_epochs >= 1 to train until that many epochs (max_epochs is {cfg.max_epochs!r})"
+        )
 
 
 def load_config(
@@ -292,7 +358,14 @@ def load_config(
         raw = merge_raw(raw, dot)  # type: ignore[arg-type]
     cfg = validate(raw)
     import_custom(cfg.custom_imports)
+    for check in LOAD_CHECKS:
+        check(cfg)
     return cfg
+
+
+LOAD_CHECKS: list[Callable[[DictConfig], None]] = []
+"""Checks :func:`load_config` runs on every loaded config; the layers above the config add theirs
+(:mod:`emofer._wiring` checks the model's component arguments against their registries)."""
 
 
 def import_custom(modules: list[str] | ListConfig) -> None:

@@ -40,6 +40,7 @@ from emofer._wiring import (
     llm_overrides,
     model_node,
 )
+from emofer.config import EVAL_MODES, INIT_MISSING
 from emofer.contracts import FacePriorOutput
 from emofer.encoders import ENCODERS, FACE_PRIORS, FacePrior, VisionEncoder
 from emofer.fusion.temporal import build_temporal
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EmoFERModel", "Features", "Prediction", "WiringError", "build_model"]
 
-MODES = ("score", "generate", "classifier")
+MODES = EVAL_MODES  # the read-outs, defined once in emofer.config
 CONFIG_FILE, WEIGHTS_FILE, ADAPTER_DIR = "config.yaml", "model.safetensors", "adapter"
 
 
@@ -440,8 +441,8 @@ class EmoFERModel(nn.Module):
         """
         from safetensors import safe_open
 
-        if missing not in ("error", "keep"):
-            raise ValueError(f"missing must be 'error' or 'keep', not {missing!r}")
+        if missing not in INIT_MISSING:
+            raise ValueError(f"missing must be one of {INIT_MISSING}, not {missing!r}")
         from emofer.checkpoints.source import fill_from_source
 
         directory = Path(directory)

@@ -24,6 +24,8 @@ import difflib
 import fnmatch
 import inspect
 import logging
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -238,6 +240,50 @@ class Registry:
         obj = self.get(name)
         _check_kwargs(self.kind, name, obj, kwargs)
         return obj(**kwargs)
+
+
+    def check_types(self, cfg: Mapping[str, Any] | Any, where: str) -> None:
+        """Checks a component config's numbers and flags against the builder's annotations, without building.
+
+        Only ``int``, ``float`` and ``bool`` arguments (optionally ``| None``)
+        are checked; unknown names are left to :meth:`build`. ``where`` is the
+        config key of the component (``"model.fusion"``), named in the error.
+
+        Raises:
+            ComponentConfigError: e.g. ``model.fusion.num_queries is 'four'; fusion 'x' expects int``.
+        """
+        kwargs = _to_dict(cfg)
+        name = kwargs.pop("name", None)
+        if name not in self:
+            return
+        obj = self.get(name)
+        try:
+            hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+        except Exception:  # annotations that do not resolve are not checked
+            return
+        for key, value in kwargs.items():
+            expected = _scalar_types(hints.get(key))
+            if expected and not any(_is_a(value, t) for t in expected):
+                wanted = " or ".join(t.__name__ for t in expected)
+                raise ComponentConfigError(
+                    f"config key '{where}.{key}' is {value!r}; {self.kind} {name!r} expects {wanted}"
+                )
+
+
+def _scalar_types(hint: Any) -> tuple[type, ...]:
+    """The scalar types (int, float, bool, None) an annotation allows, or () when it allows anything else."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not members or not all(m in (int, float, bool, type(None)) for m in members):
+        return ()
+    return tuple(members)
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _import_submodules(package: str) -> None:

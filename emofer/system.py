@@ -36,6 +36,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from emofer.config import EVAL_MODES, SCHEDULERS
 from emofer.metrics import INVALID, SCALARS, expression_metrics, summarize
 from emofer.part import is_frozen
 
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVAL_MODES = ("score", "generate", "classifier")
-SCHEDULERS = ("cosine", "constant")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 
@@ -9,6 +10,7 @@ import pytest
 
 import emofer
 from emofer.config import ConfigError, load_config, merge_raw, save_config
+from emofer.registry import ComponentConfigError
 
 
 def test_defaults_and_overrides():
@@ -110,3 +112,70 @@ def test_every_preset_loads(preset):
     cfg = load_config(preset)
     for part in ("encoder", "face_prior", "fusion", "llm"):
         assert "name" in cfg.model[part]
+
+
+# -- choices and ranges, checked once at load --------------------------------
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("eval.mode=scor", "'score', 'generate', 'classifier'"),
+        ("train.scheduler=linear", "'cosine', 'constant'"),
+        ("model.prompt.agr_source=truth", "'predicted', 'ground_truth'"),
+        ("data.on_bad_sample=ignore", "'error', 'skip'"),
+        ("data.frame_sampling=random", "'uniform', 'fps'"),
+        ("data.instruction=chat", "'category', 'conversation', 'mixed'"),
+        ("train.init_missing=skip", "'error', 'keep'"),
+    ],
+)
+def test_choices_are_typed_in_the_schema(override: str, choices: str) -> None:
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': Invalid value '{value}', expected one of \[{choices}\]$"):
+        load_config("emo-llama-tiny", [override])
+
+
+def test_the_choice_lists_are_defined_once() -> None:
+    from emofer import model, system
+    from emofer.config import EVAL_MODES, SCHEDULERS
+
+    assert model.MODES is EVAL_MODES and system.EVAL_MODES is EVAL_MODES and system.SCHEDULERS is SCHEDULERS
+    assert EVAL_MODES == ("score", "generate", "classifier")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["train.lr=-0.01"], r"'train\.lr' is -0\.01; expected a number >= 0"),
+        (["train.lr_groups={fusion: -1e-3}"], r"'train\.lr_groups\.fusion' is -0\.001; expected a number >= 0"),
+        (["train.max_steps=-1"], r"'train\.max_steps' is -1; expected an integer >= 1, or -1 with train\.max_epochs >= 1"),
+        (["train.max_steps=0"], r"'train\.max_steps' is 0; expected an integer >= 1"),
+        (["data.num_frames=0"], r"'data\.num_frames' is 0; expected a number >= 1"),
+        (["data.batch_size=0"], r"'data\.batch_size' is 0; expected a number >= 1"),
+        (["data.num_workers=-2"], r"'data\.num_workers' is -2; expected a number >= 0"),
+        (["data.fps=0"], r"'data\.fps' is 0\.0; expected a number > 0"),
+        (["model.classes=[]"], r"'model\.classes' is \[\]; expected a non-empty list"),
+        (["eval.max_new_tokens=0"], r"'eval\.max_new_tokens' is 0; expected a number >= 1"),
+        (["train.warmup_steps=-5"], r"'train\.warmup_steps' is -5; expected a number >= 0"),
+    ],
+)
+def test_ranges_are_checked_at_load_naming_key_value_and_expectation(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config("emo-llama-tiny", overrides)
+
+
+def test_until_epochs_is_explicit() -> None:
+    cfg = load_config("emo-llama-tiny", ["train.max_steps=-1", "train.max_epochs=2"])
+    assert (cfg.train.max_steps, cfg.train.max_epochs) == (-1, 2)
+    assert load_config("emo-llama-tiny", ["train.lr=0"]).train.lr == 0.0  # explicit: trains nothing
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.fusion.num_queries=four", r"config key 'model\.fusion\.num_queries' is 'four'; fusion 'face-info-mining' expects int"),
+        ("model.encoder.width=2.5", r"config key 'model\.encoder\.width' is 2\.5; encoder 'cnn-tiny' expects int"),
+        ("data.batch_size=four", r"invalid value for config key 'data\.batch_size': Value 'four' of type 'str' could not be converted to Integer$"),
+    ],
+)
+def test_type_errors_in_overrides_fail_at_load_naming_the_key(override: str, match: str) -> None:
+    with pytest.raises((ConfigError, ComponentConfigError), match=match):
+        load_config("emo-llama-tiny", [override])

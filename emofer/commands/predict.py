@@ -7,6 +7,8 @@ import glob
 import json
 import os
 
+from emofer.config import EVAL_MODES
+
 NAME = "predict"
 HELP = "predict the facial expression of images, videos and frame folders with a trained model"
 
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image or video files, frame folders (a clip), or quoted globs such as 'photos/*.jpg'",
     )
     parser.add_argument("--model", required=True, help="a save_pretrained folder or a run folder")
-    parser.add_argument("--mode", choices=("score", "generate", "classifier"), help="default: the model's")
+    parser.add_argument("--mode", choices=EVAL_MODES, help="default: the model's")
     parser.add_argument("--labels", help="comma-separated candidate labels (default: the model's classes)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled from each video or frame folder")
     parser.add_argument("--each", action="store_true", help="a folder is a batch of inputs, not one frame folder")

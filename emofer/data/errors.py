@@ -10,9 +10,9 @@ import logging
 import os
 from collections import Counter
 
-log = logging.getLogger(__name__)
+from emofer.config import ON_BAD_SAMPLE
 
-ON_BAD_SAMPLE = ("error", "skip")
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
