@@ -3,7 +3,7 @@
 :func:`build_model` builds the parts from a config in that order, reads each
 one's dims and wires the next (a mismatch is a :class:`WiringError` naming
 both parts). :class:`EmoFERModel` is a plain ``nn.Module`` consuming the
-batches of the data module (see ``notes/contracts``), with three read-outs
+batches of the data module (their keys: docs/data.md, "EmoFERDataModule"), with three read-outs
 (``score``, ``generate``, ``classifier``), ``classify`` for raw images and
 videos, and ``save_pretrained`` / ``from_pretrained``.
 
@@ -215,6 +215,20 @@ class EmoFERModel(nn.Module):
         tokens, questions = self.encode(batch, features)
         return self.llm.score(tokens, questions, list(batch["classes"]))
 
+    def class_log_probs(self, batch: Mapping[str, Any], features: Features | None = None) -> torch.Tensor:
+        """The classifier head's log-probabilities ``[B,K]`` over its own classes (the ``classifier`` read-out).
+
+        Unlike ``score``, which renormalises over the batch's candidate
+        classes, these are the head's own distribution; no question is read.
+        """
+        if not isinstance(self.llm, ClassifierHead):
+            raise ValueError(
+                f"read-out 'classifier' needs the classifier head (llm.name=classifier); this model's "
+                f"head is {self.cfg.llm.name!r}, so use 'score' or 'generate'"
+            )
+        tokens, _ = self.encode(batch, features)
+        return self.llm.logits(tokens).float().log_softmax(-1)
+
     def generate_batch(
         self, batch: Mapping[str, Any], features: Features | None = None, max_new_tokens: int = 8
     ) -> list[str]:
@@ -238,12 +252,10 @@ class EmoFERModel(nn.Module):
             labels = [parse_label(t, classes) for t in texts]
             log.debug("generate: %d answers, invalid rate %.3f", len(labels), invalid_rate(labels))
             return [Prediction(label=lab, text=t) for lab, t in zip(labels, texts, strict=True)]
-        if mode == "classifier" and not isinstance(self.llm, ClassifierHead):
-            raise ValueError(
-                f"read-out 'classifier' needs the classifier head (llm.name=classifier); this model's "
-                f"head is {self.cfg.llm.name!r}, so use 'score' or 'generate'"
-            )
-        scores = self.score_batch(batch, features).float().cpu()
+        if mode == "classifier":
+            scores = self.class_log_probs(batch, features)[:, self.llm.indices(classes)].cpu()
+        else:
+            scores = self.score_batch(batch, features).float().cpu()
         return [
             Prediction(label=classes[int(row.argmax())], scores=dict(zip(classes, row.tolist(), strict=True)))
             for row in scores

@@ -241,9 +241,15 @@ class EmoFERSystem(L.LightningModule):
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def forward(self, batch: Mapping[str, Any]) -> list:
-        """Predictions (:class:`~emofer.model.Prediction`) for a batch, in this system's eval mode."""
-        return self.model.predict_batch(batch, mode=self.eval_mode, features=self._features(batch))
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> list:
+        """Predictions (:class:`~emofer.model.Prediction`) for a batch, in this system's eval mode.
+
+        Lightning's ``trainer.predict(system, dataloaders)`` calls it; the model's
+        own ``forward`` is the training loss.
+        """
+        return self.model.predict_batch(
+            batch, mode=self.eval_mode, features=self._features(batch), max_new_tokens=self.max_new_tokens
+        )
 
     def _features(self, batch: Mapping[str, Any]) -> Features | None:
         if self.feature_cache is None:
@@ -272,12 +278,7 @@ class EmoFERSystem(L.LightningModule):
         missing = sorted({t for t in truth if t not in index})
         if missing:
             raise ValueError(f"true class(es) {missing} are not among the evaluation classes {self.classes}")
-        if self.eval_mode == "generate":
-            preds = self.model.predict_batch(
-                batch, mode="generate", features=self._features(batch), max_new_tokens=self.max_new_tokens
-            )
-        else:
-            preds = self.forward(batch)
+        preds = self.predict_step(batch)
         # a label outside the evaluation classes is no valid answer to this question
         pred_idx = [index.get(p.label, INVALID) if p.label is not None else INVALID for p in preds]
         metrics.update(torch.tensor(pred_idx), torch.tensor([index[t] for t in truth]))

@@ -337,6 +337,20 @@ def test_test_epoch_writes_records_and_counts_invalid_answers():
     assert system.test_records[3]["pred"] is None
 
 
+def test_trainer_predict_runs_predict_step_in_the_systems_mode():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from emofer.system import EmoFERSystem
+
+    model = _CannedModel({"a": ("neutral", "calm"), "b": (None, "?")})
+    system = EmoFERSystem(model, eval_mode="generate", max_new_tokens=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    batches = [{"ids": ["a", "b"], "classes": ["neutral"], "targets": torch.tensor([0, 0])}]
+    out = trainer.predict(system, dataloaders=DataLoader(batches, batch_size=None))
+    assert [[p.label for p in preds] for preds in out] == [["neutral", None]] and model.seen_modes == ["generate"]
+
+
 def test_unknown_true_classes_are_an_error():
     from emofer.system import EmoFERSystem
 

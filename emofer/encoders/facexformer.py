@@ -2,7 +2,8 @@
 
 Module and parameter names mirror the official model
 (Kartik-3004/facexformer), so its ``state_dict_backbone`` (505 entries)
-loads with ``strict=True`` and gives the same numbers. See DESIGN §4.
+loads with ``strict=True`` and gives the same numbers; docs/encoders.md ("Face priors",
+"The official checkpoint") describes the model and how the checkpoint loads.
 """
 
 from __future__ import annotations

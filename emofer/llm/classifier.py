@@ -15,7 +15,8 @@ class ClassifierHead(LLMHead):
     """Mean-pools the fused tokens and classifies them linearly (no LLM, no text).
 
     ``score`` gives log-softmax over the logits of the requested candidates
-    (renormalised over them); ``loss`` is cross-entropy on the batch targets
+    (renormalised over them); the model's ``classifier`` read-out reads
+    :meth:`logits` directly (the head's own distribution over its classes); ``loss`` is cross-entropy on the batch targets
     mapped to the head's own classes; ``generate`` returns the top class name.
 
     Args:
@@ -46,7 +47,8 @@ class ClassifierHead(LLMHead):
             raise ValueError(f"classifier expects tokens [B,M,{self.hidden_size}], got {tuple(tokens.shape)}")
         return self.fc(self.dropout(self.norm(tokens.mean(dim=1))))
 
-    def _indices(self, names: list[str]) -> torch.Tensor:
+    def indices(self, names: list[str]) -> torch.Tensor:
+        """The positions of ``names`` among :attr:`classes` (an unknown name is an error naming it)."""
         missing = [n for n in names if n not in self.classes]
         if missing:
             raise ValueError(f"classifier has no class(es) {missing}; its classes are {self.classes}")
@@ -65,12 +67,12 @@ class ClassifierHead(LLMHead):
         """Cross-entropy on ``targets`` (indices into ``classes``, the batch's class list)."""
         if targets is None or classes is None:
             raise ValueError("classifier loss needs the batch's 'targets' and 'classes'")
-        mapped = self._indices(list(classes))[targets.to(self.fc.weight.device)]
+        mapped = self.indices(list(classes))[targets.to(self.fc.weight.device)]
         return F.cross_entropy(self.logits(tokens), mapped)
 
     def score(self, tokens: torch.Tensor, questions: list[str], candidates: list[str]) -> torch.Tensor:
         """Log-probabilities ``[B,C]`` of the candidates, renormalised over them."""
-        return self.logits(tokens)[:, self._indices(list(candidates))].float().log_softmax(-1)
+        return self.logits(tokens)[:, self.indices(list(candidates))].float().log_softmax(-1)
 
     def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
         """The name of the top class of each sample."""
