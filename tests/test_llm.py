@@ -359,6 +359,30 @@ def test_lora_trains_adapters_only_and_policies() -> None:
         CausalLMHead(path="tiny-llama", lora={"rank": 8})
 
 
+def test_lora_passes_peft_keywords_through_and_loads_with_peft(tmp_path) -> None:
+    head = CausalLMHead(path="tiny-llama", lora={"r": 4, "alpha": 8, "use_rslora": True, "target_modules": "q_proj"})
+    config = head.lm.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.use_rslora, set(config.target_modules)) == (4, 8, True, {"q_proj"})
+    assert config.lora_dropout == 0.05  # emofer's default where peft's differs
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    head.save_adapter(tmp_path / "new")
+    assert {f.name for f in (tmp_path / "new").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    legacy = tmp_path / "legacy"  # a folder with peft's pickle-free .bin fallback
+    legacy.mkdir()
+    from peft import get_peft_model_state_dict
+
+    torch.save(get_peft_model_state_dict(head.lm), legacy / "adapter_model.bin")
+    for folder in (tmp_path / "new", legacy):
+        other = CausalLMHead(path="tiny-llama", lora={"r": 4, "alpha": 8, "use_rslora": True, "target_modules": "q_proj"})
+        other.load_adapter(folder)
+        assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), other.state_dict().values(), strict=True))
+    with pytest.raises(FileNotFoundError, match="holds no peft adapter"):
+        other.load_adapter(tmp_path)
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
     tokens = visual(2)
     results = []

@@ -10,14 +10,13 @@ import torch
 
 from emofer.llm import LLM_HEADS, decoding
 from emofer.llm.base import LLMHead
-from emofer.llm.loading import LoraSettings, apply_lora, load_causal_lm, load_tokenizer
+from emofer.llm.loading import load_causal_lm, load_tokenizer, lora_config
 from emofer.llm.prompts import get_template
 from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, pack, pad_ids
 
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("auto", "all", "lora", "none")
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 @LLM_HEADS.register("causal-lm")
@@ -42,9 +41,10 @@ class CausalLMHead(LLMHead):
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``.
         attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"``.
         gradient_checkpointing: recompute activations in the backward pass.
-        lora: peft LoRA settings ``{r, alpha, dropout, target_modules}``
-            (Emotion-LLaMA: ``r=64, alpha=16`` on ``[q_proj, v_proj]``); None
-            for no adapters.
+        lora: peft ``LoraConfig`` keywords (``{r, alpha, dropout,
+            target_modules, use_dora, ...}``; defaults Emotion-LLaMA's
+            ``r=64, alpha=16`` on ``[q_proj, v_proj]``, see
+            :func:`~emofer.llm.loading.lora_config`); None for no adapters.
         trainable: ``"auto"`` (the adapters with LoRA, else every weight),
             ``"all"``, ``"lora"`` (adapters only) or ``"none"``.
         local_files_only: never reach the network (the default).
@@ -82,7 +82,7 @@ class CausalLMHead(LLMHead):
         self.template = get_template(template)
         self.system = system
         self.trainable = trainable
-        self.lora = LoraSettings.parse(lora) if lora is not None else None
+        self.lora = lora_config(lora) if lora is not None else None
         model = load_causal_lm(
             path, config, dtype, attn_implementation, local_files_only, trust_remote_code, revision
         )
@@ -92,7 +92,11 @@ class CausalLMHead(LLMHead):
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.lm = apply_lora(model, self.lora) if self.lora is not None else model
+        self.lm = model
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            self.lm = get_peft_model(model, self.lora)
         self.hidden_size = int(model.config.get_text_config().hidden_size)
         self.pretrained_source = path
         tokenizer_path = tokenizer if tokenizer is not None else path
@@ -140,13 +144,19 @@ class CausalLMHead(LLMHead):
             self.lm.save_pretrained(str(directory))
 
     def load_adapter(self, directory: str | Path) -> None:
-        """Loads adapter weights written by :meth:`save_adapter` (safetensors only)."""
+        """Loads adapter weights written by :meth:`save_adapter`, with peft's own loader.
+
+        Reads ``adapter_model.safetensors`` (or a legacy ``adapter_model.bin``,
+        with ``weights_only=True``) from ``directory``.
+        """
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, load_peft_weights
 
         if self.lora is None:
             raise RuntimeError("causal-lm has no LoRA adapter to load into (lora is None)")
-        result = set_peft_model_state_dict(self.lm, load_file(str(Path(directory) / ADAPTER_FILE)))
+        if not any((Path(directory) / name).exists() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
+            raise FileNotFoundError(f"{directory} holds no peft adapter ({SAFETENSORS_WEIGHTS_NAME})")
+        result = set_peft_model_state_dict(self.lm, load_peft_weights(str(directory), device="cpu"))
         if result.unexpected_keys:
             raise RuntimeError(f"adapter in {directory} has unexpected keys {result.unexpected_keys[:5]}")
 

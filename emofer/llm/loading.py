@@ -9,8 +9,9 @@ structure checks), or from a named built-in such as ``tiny-llama`` (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -119,40 +120,35 @@ def load_tokenizer(
     return tok
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """peft LoRA settings (Emotion-LLaMA: ``r=64, alpha=16`` on ``q_proj``/``v_proj``)."""
-
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-
-    @classmethod
-    def parse(cls, lora: dict[str, Any]) -> LoraSettings:
-        known = {"r", "alpha", "dropout", "target_modules"}
-        unknown = sorted(set(lora) - known)
-        if unknown:
-            raise ValueError(f"causal-lm lora: unknown key(s) {unknown}; use {sorted(known)}")
-        kwargs = dict(lora)
-        if "target_modules" in kwargs:
-            modules = kwargs["target_modules"]
-            kwargs["target_modules"] = (modules,) if isinstance(modules, str) else tuple(modules)
-        settings = cls(**kwargs)
-        if settings.r < 1:
-            raise ValueError(f"causal-lm lora: r must be >= 1, got {settings.r}")
-        return settings
+LORA_DEFAULTS: dict[str, Any] = {"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+"""emofer's LoRA defaults (Emotion-LLaMA: ``r=64, alpha=16`` on ``q_proj``/``v_proj``), where peft's differ."""
+LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+"""Short names a config may use for peft's ``LoraConfig`` fields."""
 
 
-def apply_lora(model: Any, settings: LoraSettings) -> Any:
-    """Wraps ``model`` in a peft LoRA model (base weights frozen, adapters trainable)."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(lora: Mapping[str, Any]) -> Any:
+    """peft's ``LoraConfig`` for a causal LM from a config's ``lora:`` node.
 
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    Every ``LoraConfig`` keyword passes through (``use_dora``, ``use_rslora``,
+    ``bias``, ``layers_to_transform``, ...), with ``alpha``/``dropout`` as
+    short names for ``lora_alpha``/``lora_dropout`` and :data:`LORA_DEFAULTS`
+    for what is not set. A one-string ``target_modules`` names one module.
+
+    Raises:
+        ValueError: a key ``LoraConfig`` does not take, or ``r < 1``.
+    """
+    from peft import LoraConfig
+
+    accepted = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type", "peft_type"}
+    unknown = sorted(k for k in lora if LORA_ALIASES.get(k, k) not in accepted)
+    if unknown:
+        raise ValueError(
+            f"causal-lm lora: unknown key(s) {unknown}; use {sorted(LORA_ALIASES)} or any peft LoraConfig field "
+            f"({', '.join(sorted(LORA_DEFAULTS))}, use_dora, bias, ...)"
+        )
+    kwargs = dict(LORA_DEFAULTS) | {LORA_ALIASES.get(k, k): v for k, v in lora.items()}
+    modules = kwargs["target_modules"]
+    kwargs["target_modules"] = [modules] if isinstance(modules, str) else list(modules)
+    if kwargs["r"] < 1:
+        raise ValueError(f"causal-lm lora: r must be >= 1, got {kwargs['r']}")
+    return LoraConfig(task_type="CAUSAL_LM", **kwargs)
