@@ -54,22 +54,38 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
 
 
-def _world_size(cfg: DictConfig) -> int:
-    """How many processes the run's trainer would use (an estimate made before Lightning starts)."""
-    devices = cfg.train.devices
-    if isinstance(devices, str) and devices not in ("auto", "-1"):
-        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
-    if devices in ("auto", -1, "-1"):
-        gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        devices = torch.cuda.device_count() if gpu else 1
-    count = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else int(devices)
-    return count * int(cfg.train.num_nodes)
-
-
 def launches_processes(cfg: DictConfig) -> bool:
-    """True when Lightning would start the run's processes itself (several, none launched by torchrun/SLURM)."""
-    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"))
-    return _world_size(cfg) > 1 and not external
+    """True when Lightning would start the run's processes itself (several, none launched by torchrun/SLURM).
+
+    Asked of a ``Trainer`` built for the config's devices and strategy (built
+    only, never run), so Lightning's own device parsing and cluster detection
+    decide: several processes, not created by the cluster, and a launcher
+    that cannot run in this process.
+    """
+    import lightning as L
+
+    t = cfg.train
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # no second "GPU available" banner
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        trainer = L.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    finally:
+        quiet.setLevel(level)
+    if trainer.world_size == 1 or trainer.strategy.cluster_environment.creates_processes_externally:
+        return False
+    launcher = trainer.strategy.launcher
+    return launcher is not None and not launcher.is_interactive_compatible
 
 
 def build_system(

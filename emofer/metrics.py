@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 INVALID = -1
 """The prediction index of an invalid answer."""
@@ -34,27 +35,27 @@ SCALARS = ("war", "uar", "macro_f1", "invalid_rate")
 """The scalar metrics, in reporting order."""
 
 
-class _ConfusionCounts(Metric):
-    """Counts of (true class, predicted class or invalid) pairs, summed across processes."""
+class _ConfusionCounts(MulticlassConfusionMatrix):
+    """Counts of (true class, predicted class or invalid) pairs, summed across processes.
+
+    torchmetrics' ``MulticlassConfusionMatrix`` over ``C+1`` classes (the
+    last one is "invalid") does the counting and the DDP reduction; this class
+    adds the checks and the mapping of :data:`INVALID` to that last class.
+    """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
     def __init__(self, num_classes: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.num_classes = num_classes
-        self.add_state(
-            "confmat",
-            default=torch.zeros(num_classes, num_classes + 1, dtype=torch.long),
-            dist_reduce_fx="sum",
-        )
+        super().__init__(num_classes=num_classes + 1, validate_args=False, **kwargs)
+        self.num_real = num_classes
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Adds a batch: ``preds`` and ``target`` are class indices ``[B]``; ``preds`` may be -1 (invalid)."""
-        c = self.num_classes
+        c = self.num_real
         preds = preds.detach().long().flatten().to(self.confmat.device)
         target = target.detach().long().flatten().to(self.confmat.device)
         if preds.shape != target.shape:
@@ -63,15 +64,18 @@ class _ConfusionCounts(Metric):
             raise ValueError(f"target indices must lie in [0, {c}), got {target.tolist()}")
         if ((preds < INVALID) | (preds >= c)).any():
             raise ValueError(f"predicted indices must lie in [0, {c}) or be {INVALID}, got {preds.tolist()}")
-        preds = torch.where(preds == INVALID, torch.full_like(preds, c), preds)
-        counts = torch.bincount(target * (c + 1) + preds, minlength=c * (c + 1))
-        self.confmat += counts.view(c, c + 1)
+        super().update(torch.where(preds == INVALID, torch.full_like(preds, c), preds), target)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``[C, C+1]``: rows true class (never "invalid"), columns predicted class then invalid."""
+        return self.confmat[: self.num_real]
 
     def _stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """True positives, false positives and false negatives per class."""
-        cm = self.confmat.double()
+        cm = self.counts.double()
         tp = cm.diagonal()
-        fp = cm[:, : self.num_classes].sum(0) - tp
+        fp = cm[:, : self.num_real].sum(0) - tp
         fn = cm.sum(1) - tp
         return tp, fp, fn
 
@@ -80,8 +84,8 @@ class WeightedAverageRecall(_ConfusionCounts):
     """WAR: overall accuracy; invalid answers count as wrong."""
 
     def compute(self) -> torch.Tensor:
-        total = self.confmat.sum()
-        return self.confmat.diagonal().sum().double() / total.clamp(min=1)
+        total = self.counts.sum()
+        return self.counts.diagonal().sum().double() / total.clamp(min=1)
 
 
 class PerClassRecall(_ConfusionCounts):
@@ -121,7 +125,7 @@ class ConfusionMatrix(_ConfusionCounts):
     """Counts ``[C, C+1]``: rows true class, columns predicted class then ``invalid``."""
 
     def compute(self) -> torch.Tensor:
-        return self.confmat.clone()
+        return self.counts.clone()
 
 
 class InvalidRate(Metric):

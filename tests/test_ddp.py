@@ -63,3 +63,27 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path):
         assert rec["scores"] == pytest.approx(b[sid]["scores"], abs=1e-4)
     # the scores depend on the input, so a record filed under the wrong id would show
     assert len({tuple(round(v, 3) for v in r["scores"].values()) for r in a.values()}) > 20
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "launches"),
+    [
+        ([], {}, False),
+        (["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"], {}, True),
+        (["train.strategy=ddp", "train.devices=1", "train.accelerator=cpu"], {}, False),
+        (["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"], {"LOCAL_RANK": "0"}, False),  # torchrun
+        (
+            ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"],
+            {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODEID": "0", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n1"},
+            False,
+        ),
+    ],
+)
+def test_who_launches_the_processes_is_lightnings_call(overrides, env, launches, monkeypatch):
+    from emofer.config import load_config
+    from emofer.experiment import launches_processes
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launches_processes(load_config("emo-llama-tiny", overrides)) is launches

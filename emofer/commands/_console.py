@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,8 +14,15 @@ LABELS = {"uar": "UAR", "war": "WAR", "macro_f1": "macro F1", "invalid_rate": "i
 
 
 def is_rank_zero() -> bool:
-    """False in the extra processes a multi-process strategy starts (they re-run the command)."""
-    return all(int(os.environ.get(k, "0")) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """False in the extra processes a multi-process strategy starts (they re-run the command).
+
+    Lightning's ``rank_zero_only.rank``: the global rank once a trainer has
+    set it up, before that the rank the launcher or cluster gave the process
+    (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``, ...).
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
