@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints  # noqa: UP035 - omegaconf needs typing.Optional
+from typing import Any, Literal, get_args, get_origin, get_type_hints  # noqa: UP035 - omegaconf needs typing.Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -290,7 +290,11 @@ def validate(raw: dict[str, Any] | DictConfig) -> DictConfig:
             f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(valid)}."
         ) from None
     except ValidationError as err:
-        raise ConfigError(f"invalid value for config key {err.full_key!r}: {str(err.msg).splitlines()[0]}") from None
+        reason = str(err.msg).splitlines()[0]
+        hint = get_type_hints(err.object_type).get(str(err.key)) if is_dataclass(err.object_type) else None
+        if get_origin(hint) is Literal:
+            reason = f"{err.key} must be one of {list(get_args(hint))}, got {err.value!r}"
+        raise ConfigError(f"invalid value for config key {err.full_key!r}: {reason}") from None
     check_ranges(cfg)
     return cfg  # type: ignore[return-value]
 

@@ -129,7 +129,8 @@ def test_every_preset_loads(preset):
 )
 def test_choices_are_typed_in_the_schema(override: str, choices: str) -> None:
     key, value = override.split("=")
-    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': Invalid value '{value}', expected one of \[{choices}\]$"):
+    leaf = key.rsplit(".", 1)[-1]
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': {leaf} must be one of \[{choices}\], got '{value}'$"):
         load_config("emo-llama-tiny", [override])
 
 
