@@ -10,10 +10,11 @@ when (and where) it is read.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,35 @@ def require_file(path: Path, what: str, argument: str) -> Path:
     if not path.is_file():
         raise DataError(f"{what} not found: {path} (pass {argument}=... if it lives elsewhere)")
     return path
+
+
+def check_choice(dataset: str, argument: str, value: Any, choices: Iterable[Any], note: str = "") -> None:
+    """An adapter argument that must be one of ``choices``; else an error naming the data set, argument and value."""
+    allowed = list(choices)
+    if value not in allowed:
+        raise ValueError(f"{dataset}: {argument} must be one of {allowed}{note}, got {value!r}")
+
+
+def one_based_label(
+    token: str, classes: tuple[str, ...], path: Path, line: int, skips: SkipLog
+) -> int | None:
+    """The class index of a 1-based label token (``"3"`` → 2); a bad token is recorded in ``skips`` (None)."""
+    if token.isdigit() and 1 <= int(token) <= len(classes):
+        return int(token) - 1
+    skips.bad(AnnotationError(path, line, f"label {token!r} is not an integer in 1..{len(classes)}"))
+    return None
+
+
+def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of every non-blank row of a CSV file, header included (UTF-8, BOM or not)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if row and "".join(row).strip():
+                    yield reader.line_num, row
+    except UnicodeDecodeError as err:
+        raise AnnotationError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:

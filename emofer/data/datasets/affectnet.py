@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 
 import numpy as np
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, require_file, require_root, resolve
+from emofer.data.base import (
+    Record,
+    RecordDataset,
+    check_choice,
+    read_csv,
+    require_file,
+    require_root,
+    resolve,
+)
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 
 log = logging.getLogger(__name__)
@@ -48,54 +55,48 @@ class AffectNet(RecordDataset):
         image_dir: str = "Manually_Annotated_Images",
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"affectnet: split must be 'train', 'val' or 'test', got {split!r}")
-        if protocol not in (7, 8):
-            raise ValueError(f"affectnet: protocol must be 7 or 8 classes, got {protocol!r}")
+        check_choice("affectnet", "split", split, ("train", "val", "test"))
+        check_choice("affectnet", "protocol", protocol, (7, 8), " (classes)")
         base = require_root(root, "affectnet")
         arg = "train_file" if split == "train" else "val_file"
         path = require_file(resolve(base, train_file if split == "train" else val_file), "AffectNet list", arg)
         images = resolve(base, image_dir)
         skips = SkipLog(f"affectnet {split}", on_bad_sample)
         records, dropped, negative = [], 0, 0
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file")
-            missing = [c for c in _COLUMNS if c not in header]
-            if missing:
-                raise AnnotationError(path, 1, f"header lacks column(s) {missing}; got {header}")
-            col = {name: header.index(name) for name in _COLUMNS}
-            for row in reader:
-                line = reader.line_num
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) != len(header):
-                    skips.bad(AnnotationError(path, line, f"expected {len(header)} fields, got {len(row)}"))
-                    continue
-                try:
-                    code = int(row[col["expression"]])
-                    box = tuple(int(float(row[col[k]])) for k in ("face_x", "face_y", "face_width", "face_height"))
-                except ValueError:
-                    skips.bad(AnnotationError(path, line, "expression and face box must be numbers"))
-                    continue
-                if not 0 <= code <= 10:
-                    skips.bad(AnnotationError(path, line, f"expression code {code} is outside 0..10"))
-                    continue
-                if code in _NOT_EXPRESSION or code >= protocol:
-                    dropped += 1
-                    continue
-                if box[2] < 0 or box[3] < 0:
-                    negative += 1
-                    continue
-                try:
-                    landmarks = _landmarks(row[col["facial_landmarks"]])
-                except ValueError:
-                    skips.bad(AnnotationError(path, line, "facial_landmarks must be 136 numbers separated by ';'"))
-                    continue
-                rel = row[col["subDirectory_filePath"]]
-                records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks))  # type: ignore[arg-type]
+        rows = read_csv(path)
+        first, header = next(rows, (1, None))
+        if header is None:
+            raise DataError(f"{path}: empty file")
+        missing = [c for c in _COLUMNS if c not in header]
+        if missing:
+            raise AnnotationError(path, first, f"header lacks column(s) {missing}; got {header}")
+        col = {name: header.index(name) for name in _COLUMNS}
+        for line, row in rows:
+            if len(row) != len(header):
+                skips.bad(AnnotationError(path, line, f"expected {len(header)} fields, got {len(row)}"))
+                continue
+            try:
+                code = int(row[col["expression"]])
+                box = tuple(int(float(row[col[k]])) for k in ("face_x", "face_y", "face_width", "face_height"))
+            except ValueError:
+                skips.bad(AnnotationError(path, line, "expression and face box must be numbers"))
+                continue
+            if not 0 <= code <= 10:
+                skips.bad(AnnotationError(path, line, f"expression code {code} is outside 0..10"))
+                continue
+            if code in _NOT_EXPRESSION or code >= protocol:
+                dropped += 1
+                continue
+            if box[2] < 0 or box[3] < 0:
+                negative += 1
+                continue
+            try:
+                landmarks = _landmarks(row[col["facial_landmarks"]])
+            except ValueError:
+                skips.bad(AnnotationError(path, line, "facial_landmarks must be 136 numbers separated by ';'"))
+                continue
+            rel = row[col["subDirectory_filePath"]]
+            records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks))  # type: ignore[arg-type]
         if negative:
             log.info("affectnet %s: skipped %d row(s) with a negative face width or height", split, negative)
         log.debug("affectnet %s: dropped %d row(s) outside the %d-class protocol", split, dropped, protocol)

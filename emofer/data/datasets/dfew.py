@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import os
 
 from emofer.data import DATASETS
-from emofer.data.base import FrameFolder, Record, RecordDataset, require_file, require_root, resolve
+from emofer.data.base import (
+    FrameFolder,
+    Record,
+    RecordDataset,
+    check_choice,
+    one_based_label,
+    read_csv,
+    require_file,
+    require_root,
+    resolve,
+)
 from emofer.data.errors import AnnotationError, SkipLog
 
 DFEW_CLASSES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
@@ -42,10 +51,8 @@ class DFEW(RecordDataset):
         frame_dir: str = "Clip/clip_224x224",
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"dfew: split must be 'train' or 'test', got {split!r}")
-        if fold not in range(1, 6):
-            raise ValueError(f"dfew: fold must be 1..5, got {fold!r}")
+        check_choice("dfew", "split", split, ("train", "test"))
+        check_choice("dfew", "fold", fold, range(1, 6))
         base = require_root(root, "dfew")
         pattern = train_file if split == "train" else test_file
         path = require_file(
@@ -54,22 +61,16 @@ class DFEW(RecordDataset):
         frames = resolve(base, frame_dir)
         skips = SkipLog(f"dfew fold {fold} {split}", on_bad_sample)
         records = []
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header or [h.strip() for h in header[:2]] != ["video_name", "label"]:
-                raise AnnotationError(path, 1, f"expected header 'video_name,label', got {header}")
-            for row in reader:
-                line = reader.line_num
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) < 2 or not row[0].strip().isdigit():
-                    skips.bad(AnnotationError(path, line, f"expected 'video_name,label' with an integer name, got {row}"))
-                    continue
-                token = row[1].strip()
-                if not token.isdigit() or not 1 <= int(token) <= len(DFEW_CLASSES):
-                    skips.bad(AnnotationError(path, line, f"label {token!r} is not an integer in 1..7"))
-                    continue
+        rows = read_csv(path)
+        first, header = next(rows, (1, None))
+        if not header or [h.strip() for h in header[:2]] != ["video_name", "label"]:
+            raise AnnotationError(path, first, f"expected header 'video_name,label', got {header}")
+        for line, row in rows:
+            if len(row) < 2 or not row[0].strip().isdigit():
+                skips.bad(AnnotationError(path, line, f"expected 'video_name,label' with an integer name, got {row}"))
+                continue
+            label = one_based_label(row[1].strip(), DFEW_CLASSES, path, line, skips)
+            if label is not None:
                 name = f"{int(row[0]):05d}"
-                records.append(Record(id=name, media=FrameFolder(str(frames / name)), label=int(token) - 1))
+                records.append(Record(id=name, media=FrameFolder(str(frames / name)), label=label))
         super().__init__(records, DFEW_CLASSES, f"dfew{fold}-{split}", skips)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, require_file, require_root, resolve
+from emofer.data.base import Record, RecordDataset, check_choice, require_file, require_root, resolve
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,9 @@ class FERPlus(RecordDataset):
         legacy_label_file: str = "label.csv",
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in _USAGE:
-            raise ValueError(f"ferplus: split must be one of {list(_USAGE)}, got {split!r}")
-        if labels not in ("fer2013new", "legacy"):
-            raise ValueError(f"ferplus: labels must be 'fer2013new' or 'legacy', got {labels!r}")
-        if images not in ("auto", "folders", "csv"):
-            raise ValueError(f"ferplus: images must be 'auto', 'folders' or 'csv', got {images!r}")
+        check_choice("ferplus", "split", split, _USAGE)
+        check_choice("ferplus", "labels", labels, ("fer2013new", "legacy"))
+        check_choice("ferplus", "images", images, ("auto", "folders", "csv"))
         base = require_root(root, "ferplus")
         folder = resolve(base, {"train": train_dir, "val": val_dir, "test": test_dir}[split])
         skips = SkipLog(f"ferplus {split}", on_bad_sample)
@@ -117,7 +114,7 @@ class FERPlus(RecordDataset):
     @staticmethod
     def _votes(path: Path, usage: str, skips: SkipLog) -> list[tuple[str, int, int]]:
         """(image name, fer2013 row, label) of one split from ``fer2013new.csv``."""
-        out, empty, dropped = [], 0, 0
+        rows, empty = [], 0
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
@@ -127,21 +124,11 @@ class FERPlus(RecordDataset):
                 line = reader.line_num
                 if len(row) != 12:
                     skips.bad(AnnotationError(path, line, f"expected 12 fields, got {len(row)}"))
-                    continue
-                if row[0] != usage:
-                    continue
-                if not row[1].strip():
+                elif row[0] == usage and not row[1].strip():
                     empty += 1
-                    continue
-                try:
-                    label = _vote_row(path, line, row[2:])
-                except AnnotationError as err:
-                    skips.bad(err)
-                    continue
-                if label is None:
-                    dropped += 1
-                    continue
-                out.append((row[1].strip(), row_index, label))
+                elif row[0] == usage:
+                    rows.append((line, row[1].strip(), row_index, row[2:]))
+        out, dropped = _majority_labels(path, rows, skips)
         log.info("ferplus %s: %d row(s) without an image name skipped, %d unknown/not-a-face dropped",
                  usage, empty, dropped)
         return out
@@ -149,7 +136,7 @@ class FERPlus(RecordDataset):
     @staticmethod
     def _legacy(path: Path, skips: SkipLog) -> list[tuple[str, int, int]]:
         """(image name, fer2013 row, label) from a per-folder ``name,box,votes...`` file."""
-        out = []
+        rows = []
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             for row in reader:
@@ -160,14 +147,30 @@ class FERPlus(RecordDataset):
                 if len(row) != 12 or not name.startswith("fer") or not name[3:].split(".")[0].isdigit():
                     skips.bad(AnnotationError(path, line, "expected 'ferNNNNNNN.png,\"(box)\",' and 10 votes"))
                     continue
-                try:
-                    label = _vote_row(path, line, row[2:])
-                except AnnotationError as err:
-                    skips.bad(err)
-                    continue
-                if label is not None:
-                    out.append((name, int(name[3:].split(".")[0]), label))
-        return out
+                rows.append((line, name, int(name[3:].split(".")[0]), row[2:]))
+        return _majority_labels(path, rows, skips)[0]
+
+
+def _majority_labels(
+    path: Path, rows: list[tuple[int, str, int, list[str]]], skips: SkipLog
+) -> tuple[list[tuple[str, int, int]], int]:
+    """(image name, fer2013 row, majority label) of each (line, name, row, votes) row, and how many were dropped.
+
+    Rows with malformed votes are recorded in ``skips``; rows voted unknown or
+    not-a-face are dropped and counted.
+    """
+    out, dropped = [], 0
+    for line, name, row_index, fields in rows:
+        try:
+            label = _vote_row(path, line, fields)
+        except AnnotationError as err:
+            skips.bad(err)
+            continue
+        if label is None:
+            dropped += 1
+        else:
+            out.append((name, row_index, label))
+    return out, dropped
 
 
 def _vote_row(path: Path, line: int, fields: list[str]) -> int | None:

@@ -9,6 +9,7 @@ from emofer.data.base import (
     FrameFolder,
     Record,
     RecordDataset,
+    check_choice,
     read_name_label_lines,
     require_file,
     require_root,
@@ -46,8 +47,7 @@ class FERV39k(RecordDataset):
         frame_dir: str = "2_ClipsforFaceCrop",
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"ferv39k: split must be 'train' or 'test', got {split!r}")
+        check_choice("ferv39k", "split", split, ("train", "test"))
         base = require_root(root, "ferv39k")
         path = require_file(
             resolve(resolve(base, list_dir), train_file if split == "train" else test_file),

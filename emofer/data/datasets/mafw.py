@@ -10,6 +10,7 @@ from emofer.data.base import (
     FrameFolder,
     Record,
     RecordDataset,
+    check_choice,
     read_name_label_lines,
     require_file,
     require_root,
@@ -50,10 +51,8 @@ class MAFW(RecordDataset):
         frame_dir: str | None = None,
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"mafw: split must be 'train' or 'test', got {split!r}")
-        if fold not in range(1, 6):
-            raise ValueError(f"mafw: fold must be 1..5, got {fold!r}")
+        check_choice("mafw", "split", split, ("train", "test"))
+        check_choice("mafw", "fold", fold, range(1, 6))
         base = require_root(root, "mafw")
         path = require_file(resolve(base, split_dir) / f"set_{fold}" / f"{split}.txt", "MAFW split list", "split_dir")
         clips = resolve(base, clip_dir)

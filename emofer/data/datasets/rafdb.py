@@ -6,7 +6,16 @@ import os
 from pathlib import Path
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, read_lines, require_file, require_root, resolve
+from emofer.data.base import (
+    Record,
+    RecordDataset,
+    check_choice,
+    one_based_label,
+    read_lines,
+    require_file,
+    require_root,
+    resolve,
+)
 from emofer.data.errors import AnnotationError, SkipLog
 
 RAFDB_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
@@ -40,8 +49,7 @@ class RAFDB(RecordDataset):
         image_suffix: str = "_aligned",
         on_bad_sample: str = "error",
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"rafdb: split must be 'train' or 'test' (RAF-DB has no validation split), got {split!r}")
+        check_choice("rafdb", "split", split, ("train", "test"), " (RAF-DB has no validation split)")
         base = require_root(root, "rafdb")
         labels = require_file(resolve(base, label_file), "RAF-DB label file", "label_file")
         images = resolve(base, image_dir)
@@ -58,9 +66,8 @@ class RAFDB(RecordDataset):
                 continue
             if not name.startswith(split):
                 continue
-            if not token.isdigit() or not 1 <= int(token) <= len(RAFDB_CLASSES):
-                skips.bad(AnnotationError(labels, line, f"label {token!r} is not an integer in 1..7"))
-                continue
-            stem, ext = Path(name).stem, Path(name).suffix or ".jpg"
-            records.append(Record(id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=int(token) - 1))
+            label = one_based_label(token, RAFDB_CLASSES, labels, line, skips)
+            if label is not None:
+                stem, ext = Path(name).stem, Path(name).suffix or ".jpg"
+                records.append(Record(id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=label))
         super().__init__(records, RAFDB_CLASSES, f"rafdb-{split}", skips)
