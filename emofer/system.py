@@ -95,6 +95,7 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int, scheduler: str) -> f
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass
 class _GroupSchedule:
     """The LR multiplier of one parameter group: stage rate / base rate x warmup-cosine.
 
@@ -102,21 +103,12 @@ class _GroupSchedule:
     object's ``__dict__``) stays loadable with ``weights_only=True``.
     """
 
-    def __init__(
-        self,
-        stage_ends: list[int | None],
-        stage_lrs: list[float],
-        base_lr: float,
-        warmup: int,
-        total: int,
-        kind: str,
-    ) -> None:
-        self.stage_ends = stage_ends
-        self.stage_lrs = stage_lrs
-        self.base_lr = base_lr
-        self.warmup = warmup
-        self.total = total
-        self.kind = kind
+    stage_ends: list[int | None]
+    stage_lrs: list[float]
+    base_lr: float
+    warmup: int
+    total: int
+    kind: str
 
     def __call__(self, step: int) -> float:
         index = next((i for i, end in enumerate(self.stage_ends) if end is None or step < end), -1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from emofer.commands.grid import add_run_options
+
 NAME = "demo"
 HELP = (
     "the quickstart: pretrain a tiny base MLLM and a tiny face prior on SynthFER, "
@@ -14,12 +16,7 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     parser.add_argument("--grid", help="another grid file to run instead of the quickstart")
-    parser.add_argument("--retry-failed", action="store_true", help="rerun variants that failed before")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        help="variants that train at once, each in its own process (default: the grid's jobs:)",
-    )
+    add_run_options(parser, "variants", "the grid's jobs:")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,11 +12,14 @@ HELP = "run an ablation grid: every run in its own folder, results.csv/md and ch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", help="grid YAML file, or the name of a shipped grid (e.g. quickstart)")
     parser.add_argument("--out", help="output folder (default: runs/<grid name>)")
-    parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+    add_run_options(parser, "runs", "the grid's jobs:, else 1")
+
+
+def add_run_options(parser: argparse.ArgumentParser, what: str, default_jobs: str) -> None:
+    """``--retry-failed`` and ``--jobs``, shared by ``emofer grid`` and ``emofer demo``."""
+    parser.add_argument("--retry-failed", action="store_true", help=f"rerun {what} that failed before")
     parser.add_argument(
-        "--jobs",
-        type=int,
-        help="runs that execute at once, each in its own process (default: the grid's jobs:, else 1)",
+        "--jobs", type=int, help=f"{what} that execute at once, each in its own process (default: {default_jobs})"
     )
     parser.add_argument(
         "--launcher",
