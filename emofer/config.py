@@ -121,7 +121,9 @@ class TrainConfig:
         default=100, metadata=_help("optimizer steps; -1 = until train.max_epochs (which must then be >= 1)")
     )
     max_epochs: int = field(default=-1, metadata=_help("epochs; -1 = until train.max_steps", ge=-1))
-    lr: float = field(default=1e-3, metadata=_help("learning rate (0 trains nothing)", ge=0))
+    lr: float = field(
+        default=1e-3, metadata=_help("learning rate; a negative learning rate would climb the loss, 0 trains nothing", ge=0)
+    )
     lr_groups: dict[str, float] = field(
         default_factory=dict, metadata=_help("per-part learning rates, e.g. {fusion: 1e-3, llm: 2e-4}", ge=0)
     )
