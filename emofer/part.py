@@ -163,5 +163,9 @@ class Part(nn.Module, metaclass=_PartMeta):
         return is_frozen(self)
 
     def train(self: P, mode: bool = True) -> P:
-        """Sets train mode, except that a frozen part stays in eval mode."""
-        return super().train(mode and not self.is_frozen)
+        """Sets train mode, except that a frozen part (parameters, none trainable) stays in eval mode.
+
+        A parameter-free part (the ``concat`` temporal step) follows its parent.
+        """
+        frozen = self.is_frozen and any(True for _ in self.parameters())
+        return super().train(mode and not frozen)
