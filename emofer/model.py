@@ -216,10 +216,11 @@ class EmoFERModel(nn.Module):
         return self.llm.score(tokens, questions, list(batch["classes"]))
 
     def class_log_probs(self, batch: Mapping[str, Any], features: Features | None = None) -> torch.Tensor:
-        """The classifier head's log-probabilities ``[B,K]`` over its own classes (the ``classifier`` read-out).
+        """The ``classifier`` read-out: the classifier head's logits for ``batch["classes"]``, log-softmaxed ``[B,C]``.
 
-        Unlike ``score``, which renormalises over the batch's candidate
-        classes, these are the head's own distribution; no question is read.
+        It reads the head's linear layer directly — no question, no candidate
+        scoring through the LLM-head interface — and refuses any other head.
+        On a classifier head it gives the numbers ``score`` gives.
         """
         if not isinstance(self.llm, ClassifierHead):
             raise ValueError(
@@ -227,7 +228,7 @@ class EmoFERModel(nn.Module):
                 f"head is {self.cfg.llm.name!r}, so use 'score' or 'generate'"
             )
         tokens, _ = self.encode(batch, features)
-        return self.llm.logits(tokens).float().log_softmax(-1)
+        return self.llm.logits(tokens)[:, self.llm.indices(list(batch["classes"]))].float().log_softmax(-1)
 
     def generate_batch(
         self, batch: Mapping[str, Any], features: Features | None = None, max_new_tokens: int = 8
@@ -253,7 +254,7 @@ class EmoFERModel(nn.Module):
             log.debug("generate: %d answers, invalid rate %.3f", len(labels), invalid_rate(labels))
             return [Prediction(label=lab, text=t) for lab, t in zip(labels, texts, strict=True)]
         if mode == "classifier":
-            scores = self.class_log_probs(batch, features)[:, self.llm.indices(classes)].cpu()
+            scores = self.class_log_probs(batch, features).cpu()
         else:
             scores = self.score_batch(batch, features).float().cpu()
         return [

@@ -188,6 +188,8 @@ def test_classifier_tiny_learns_and_reads_out_as_classifier() -> None:
     with torch.no_grad():
         preds = model.predict_batch(batch, mode="classifier")
         assert [p.label for p in preds] == [p.label for p in model.predict_batch(batch, mode="score")]
+        # its own path (the head's logits, read directly), the numbers of score
+        assert [p.scores for p in preds] == [p.scores for p in model.predict_batch(batch, mode="score")]
         assert model.predict_batch(batch, mode="generate")[0].label in CLASSES
 
 

@@ -15,8 +15,8 @@ class ClassifierHead(LLMHead):
     """Mean-pools the fused tokens and classifies them linearly (no LLM, no text).
 
     ``score`` gives log-softmax over the logits of the requested candidates
-    (renormalised over them); the model's ``classifier`` read-out reads
-    :meth:`logits` directly (the head's own distribution over its classes); ``loss`` is cross-entropy on the batch targets
+    (renormalised over them), as does the model's ``classifier`` read-out,
+    which reads :meth:`logits` directly; ``loss`` is cross-entropy on the batch targets
     mapped to the head's own classes; ``generate`` returns the top class name.
 
     Args:
