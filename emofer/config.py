@@ -118,7 +118,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = field(
-        default=100, metadata=_help("optimizer steps; -1 = until train.max_epochs (which must then be >= 1)")
+        default=100, metadata=_help("optimizer steps; 0 = no training; -1 = until train.max_epochs (then >= 1)")
     )
     max_epochs: int = field(default=-1, metadata=_help("epochs; -1 = until train.max_steps", ge=-1))
     lr: float = field(
@@ -328,10 +328,10 @@ def check_ranges(cfg: Any, schema: type = ExperimentConfig, prefix: str = "") ->
             if expected:
                 name = f"{key}.{sub}" if sub else key
                 raise ConfigError(f"config key {name!r} is {v!r}; expected {expected} ({f.metadata['help']})")
-    if schema is TrainConfig and cfg.max_steps < 1 and not (cfg.max_steps == -1 and cfg.max_epochs >= 1):
+    if schema is TrainConfig and cfg.max_steps < 0 and not (cfg.max_steps == -1 and cfg.max_epochs >= 1):
         raise ConfigError(
-            f"config key '{prefix}max_steps' is {cfg.max_steps!r}; expected an integer >= 1, or -1 with "
-            f"{prefix}max_epochs >= 1 to train until that many epochs (max_epochs is {cfg.max_epochs!r})"
+            f"config key '{prefix}max_steps' is {cfg.max_steps!r}; expected an integer >= 0 (0: no training), or -1 "
+            f"with {prefix}max_epochs >= 1 to train until that many epochs (max_epochs is {cfg.max_epochs!r})"
         )
 
 

@@ -147,8 +147,8 @@ def test_the_choice_lists_are_defined_once() -> None:
     [
         (["train.lr=-0.01"], r"'train\.lr' is -0\.01; expected a number >= 0"),
         (["train.lr_groups={fusion: -1e-3}"], r"'train\.lr_groups\.fusion' is -0\.001; expected a number >= 0"),
-        (["train.max_steps=-1"], r"'train\.max_steps' is -1; expected an integer >= 1, or -1 with train\.max_epochs >= 1"),
-        (["train.max_steps=0"], r"'train\.max_steps' is 0; expected an integer >= 1"),
+        (["train.max_steps=-1"], r"'train\.max_steps' is -1; expected an integer >= 0 \(0: no training\), or -1 with train\.max_epochs >= 1"),
+        (["train.max_steps=-5", "train.max_epochs=3"], r"'train\.max_steps' is -5; expected an integer >= 0"),
         (["data.num_frames=0"], r"'data\.num_frames' is 0; expected a number >= 1"),
         (["data.batch_size=0"], r"'data\.batch_size' is 0; expected a number >= 1"),
         (["data.num_workers=-2"], r"'data\.num_workers' is -2; expected a number >= 0"),
@@ -167,6 +167,7 @@ def test_until_epochs_is_explicit() -> None:
     cfg = load_config("emo-llama-tiny", ["train.max_steps=-1", "train.max_epochs=2"])
     assert (cfg.train.max_steps, cfg.train.max_epochs) == (-1, 2)
     assert load_config("emo-llama-tiny", ["train.lr=0"]).train.lr == 0.0  # explicit: trains nothing
+    assert load_config("emo-llama-tiny", ["train.max_steps=0"]).train.max_steps == 0  # a zero-shot evaluation
 
 
 @pytest.mark.parametrize(
