@@ -291,12 +291,12 @@ def test_status_shows_every_run_without_starting_anything(tmp_path, capsys):
     from emofer.cli import main
 
     grid_file = tmp_path / "g.yaml"
-    raw = {**CHAIN, "runs": [*CHAIN["runs"], {"id": "bad", "overrides": {"train.lr": -1.0}}]}
+    raw = {**CHAIN, "runs": [*CHAIN["runs"], {"id": "bad", "overrides": {"train.lr": 5.0}}]}
     grid_file.write_text(json.dumps(raw))
 
     def broken(cfg: DictConfig, run_dir: Path) -> dict:
-        if cfg.train.lr < 0:
-            raise RuntimeError("negative learning rate\nat step 3")
+        if cfg.train.lr > 1:  # a valid config whose run fails (a negative rate is refused at load)
+            raise RuntimeError("the loss diverged\nat step 3")
         return stepping_runner(cfg, run_dir)
 
     out = tmp_path / "out"
