@@ -160,7 +160,8 @@ class EmoFERDataModule(LightningDataModule):
             self.setup("validate" if part == "val" else "test")
         processor = self._processor(train=False)
         return [
-            DataLoader(ItemDataset(ds, processor, self.cfg.on_bad_sample), batch_size=self.cfg.eval_batch_size,
+            DataLoader(ItemDataset(ds, processor, self.cfg.on_bad_sample, replace=False),
+                       batch_size=self.cfg.eval_batch_size,
                        shuffle=False, **self._loader_kwargs())
             for ds in self.datasets[part]
         ]
@@ -188,7 +189,7 @@ class EmoFERDataModule(LightningDataModule):
         """Logs one warning counting the samples skipped under ``on_bad_sample: skip`` (then resets)."""
         if not self.bad_samples:
             return None
-        msg = summarise("emofer data", self.bad_samples)
+        msg = summarise("emofer data", list(dict.fromkeys(self.bad_samples)))  # a sample drawn twice counts once
         log.warning(msg)
         self.bad_samples = []
         return msg

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, require_file, require_root, resolve
+from emofer.data.base import Record, RecordDataset, open_text, require_file, require_root, resolve, where
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class AffectNet(RecordDataset):
         images = resolve(base, image_dir)
         skips = SkipLog(f"affectnet {split}", on_bad_sample)
         records, dropped, negative = [], 0, 0
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
@@ -77,8 +77,8 @@ class AffectNet(RecordDataset):
                 try:
                     code = int(row[col["expression"]])
                     box = tuple(int(float(row[col[k]])) for k in ("face_x", "face_y", "face_width", "face_height"))
-                except ValueError:
-                    skips.bad(AnnotationError(path, line, "expression and face box must be numbers"))
+                except (ValueError, OverflowError):
+                    skips.bad(AnnotationError(path, line, "expression and face box must be finite numbers"))
                     continue
                 if not 0 <= code <= 10:
                     skips.bad(AnnotationError(path, line, f"expression code {code} is outside 0..10"))
@@ -91,11 +91,12 @@ class AffectNet(RecordDataset):
                     continue
                 try:
                     landmarks = _landmarks(row[col["facial_landmarks"]])
-                except ValueError:
-                    skips.bad(AnnotationError(path, line, "facial_landmarks must be 136 numbers separated by ';'"))
+                except ValueError as err:
+                    skips.bad(AnnotationError(path, line, f"facial_landmarks must be 136 finite numbers separated by ';' ({err})"))
                     continue
                 rel = row[col["subDirectory_filePath"]]
-                records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks))  # type: ignore[arg-type]
+                records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks,  # type: ignore[arg-type]
+                                      source=where(path, line)))
         if negative:
             log.info("affectnet %s: skipped %d row(s) with a negative face width or height", split, negative)
         log.debug("affectnet %s: dropped %d row(s) outside the %d-class protocol", split, dropped, protocol)
@@ -112,4 +113,6 @@ def _landmarks(text: str) -> np.ndarray | None:
     values = np.array([float(v) for v in text.split(";") if v.strip()], dtype=np.float32)
     if values.size != 136:
         raise ValueError(f"{values.size} values")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{int((~np.isfinite(values)).sum())} of them NaN or infinite")
     return values.reshape(68, 2)

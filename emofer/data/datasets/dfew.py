@@ -6,7 +6,16 @@ import csv
 import os
 
 from emofer.data import DATASETS
-from emofer.data.base import FrameFolder, Record, RecordDataset, require_file, require_root, resolve
+from emofer.data.base import (
+    FrameFolder,
+    Record,
+    RecordDataset,
+    open_text,
+    require_file,
+    require_root,
+    resolve,
+    where,
+)
 from emofer.data.errors import AnnotationError, SkipLog
 
 DFEW_CLASSES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
@@ -54,7 +63,7 @@ class DFEW(RecordDataset):
         frames = resolve(base, frame_dir)
         skips = SkipLog(f"dfew fold {fold} {split}", on_bad_sample)
         records = []
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or [h.strip() for h in header[:2]] != ["video_name", "label"]:
@@ -71,5 +80,6 @@ class DFEW(RecordDataset):
                     skips.bad(AnnotationError(path, line, f"label {token!r} is not an integer in 1..7"))
                     continue
                 name = f"{int(row[0]):05d}"
-                records.append(Record(id=name, media=FrameFolder(str(frames / name)), label=int(token) - 1))
+                records.append(Record(id=name, media=FrameFolder(str(frames / name)), label=int(token) - 1,
+                                      source=where(path, line)))
         super().__init__(records, DFEW_CLASSES, f"dfew{fold}-{split}", skips)

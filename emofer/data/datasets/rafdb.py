@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, read_lines, require_file, require_root, resolve
+from emofer.data.base import Record, RecordDataset, read_lines, require_file, require_root, resolve, where
 from emofer.data.errors import AnnotationError, SkipLog
 
 RAFDB_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
@@ -62,5 +62,6 @@ class RAFDB(RecordDataset):
                 skips.bad(AnnotationError(labels, line, f"label {token!r} is not an integer in 1..7"))
                 continue
             stem, ext = Path(name).stem, Path(name).suffix or ".jpg"
-            records.append(Record(id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=int(token) - 1))
+            records.append(Record(id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=int(token) - 1,
+                                  source=where(labels, line)))
         super().__init__(records, RAFDB_CLASSES, f"rafdb-{split}", skips)
