@@ -80,5 +80,6 @@ def _print_error(line: str, verbose: bool) -> None:
         con.print_exception()
     con.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
 
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -247,8 +247,8 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     "argv, culprit",
     [
-        (["predict", "x.png", "--model", "m", "--labels", ""], "--labels '' names no label"),
-        (["predict", "x.png", "--model", "m", "--labels", " , "], "--labels ' , ' names no label"),
+        (["predict", "x.png", "--model", "m", "--labels", ""], "--labels names no label: ''"),
+        (["predict", "x.png", "--model", "m", "--labels", " , "], "--labels names no label: ' , '"),
         (["predict", "x.png", "--model", "m", "--frames", "0"], "--frames must be at least 1, got 0"),
         (["data", "synth", "--out", "OUT", "--train-size", "-5"], "--train-size must be 0 or more, got -5"),
         (["data", "info", "rafdb", "root"], "expected KEY=VALUE, got 'root'"),
