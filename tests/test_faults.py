@@ -1,0 +1,168 @@
+"""Faults (issue 20): a kill at any point of an export, corrupt checkpoints at resume, bad test samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import emofer
+import emofer.model
+import emofer.safe_io as safe_io
+from emofer.checkpoint_io import AtomicCheckpointIO, resume_checkpoint
+from emofer.model import EmoFERModel
+from emofer.safe_io import UnsafeFileError
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no ``except Exception`` or cleanup in the save path may catch it."""
+
+
+def _model(seed: int, classes: list[str]) -> EmoFERModel:
+    torch.manual_seed(seed)
+    return emofer.build_model(emofer.load_config("classifier-tiny", [f"model.classes=[{','.join(classes)}]"]))
+
+
+CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+OLD, NEW = _model(0, CLASSES), _model(1, CLASSES[::-1])  # a mix would put every score on a wrong label
+PIXELS = torch.rand(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _scores(model: EmoFERModel) -> dict[str, list[float]]:
+    model.eval()
+    with torch.no_grad():
+        scores = model.score_batch({"pixels": PIXELS, "classes": model.classes, "questions": ["?"] * 2})
+    return {c: scores[:, i].tolist() for i, c in enumerate(model.classes)}
+
+
+def _kill_at(monkeypatch, k: int | None) -> list[str]:
+    """Makes the k-th write point of a save raise :class:`Killed`; returns the points passed."""
+    passed: list[str] = []
+
+    def point(step: str) -> None:
+        if k is not None and len(passed) == k:
+            raise Killed(step)
+        passed.append(step)
+
+    monkeypatch.setattr(safe_io, "fault_point", point)
+    monkeypatch.setattr(emofer.model, "fault_point", point)
+    return passed
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["one-exchange", "two-renames"])
+@pytest.mark.parametrize("existing", [True, False], ids=["over-an-old-folder", "first-export"])
+def test_a_kill_at_any_point_of_an_export_leaves_the_old_or_the_new_model(tmp_path, monkeypatch, exchange, existing):
+    if not exchange:
+        monkeypatch.setattr(safe_io, "_exchange", lambda a, b: False)
+    want_old, want_new = _scores(OLD), _scores(NEW)
+    if existing:
+        OLD.save_pretrained(tmp_path / "probe")
+    points = _kill_at(monkeypatch, None)
+    NEW.save_pretrained(tmp_path / "probe")  # counts the write points of this kind of save
+    assert len(points) >= 5, points  # mkdir, config, weights, write, manifest, swap...
+    seen = set()
+    for k in range(len(points) + 1):
+        folder = tmp_path / f"k{k}" / "model"
+        if existing:
+            _kill_at(monkeypatch, None)
+            OLD.save_pretrained(folder)
+        _kill_at(monkeypatch, k)
+        if k < len(points):
+            with pytest.raises(Killed):
+                NEW.save_pretrained(folder)
+        else:
+            NEW.save_pretrained(folder)
+        _kill_at(monkeypatch, None)
+        try:
+            model = EmoFERModel.from_pretrained(folder)  # finishes or undoes an interrupted swap first
+        except FileNotFoundError:
+            assert not existing, f"killed after {points[:k]}: the old model is gone"
+            seen.add("none")  # a first export killed before its folder was complete: no model yet
+            assert not list(folder.parent.glob(".model.*")), "debris left after a load"
+            continue
+        loaded = _scores(model)
+        assert loaded in (want_old, want_new), f"killed after {points[:k]}: a mix of two models"
+        seen.add("old" if loaded == want_old else "new")
+        assert not list(folder.parent.glob(".model.*")), "debris left after a load"
+    assert seen == ({"old", "new"} if existing else {"none", "new"})
+
+
+def test_a_save_refuses_to_delete_files_it_did_not_write(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UnsafeFileError, match=r"model holds files a save would delete \(notes.txt\)"):
+        OLD.save_pretrained(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_a_changed_weights_file_is_named_by_the_manifest(tmp_path):
+    OLD.save_pretrained(tmp_path / "m")
+    NEW.save_pretrained(tmp_path / "n")
+    (tmp_path / "m" / "model.safetensors").write_bytes((tmp_path / "n" / "model.safetensors").read_bytes())
+    with pytest.raises(UnsafeFileError, match=r"m/model.safetensors differs from .*manifest.json"):
+        EmoFERModel.from_pretrained(tmp_path / "m")
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_checkpoints_are_atomic_and_resume_falls_back_to_the_previous_one(tmp_path, caplog):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, last)
+    io.save_checkpoint({"global_step": 6, "state_dict": {"w": torch.ones(2)}}, last)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
+    assert resume_checkpoint(last) == last
+    (last.parent / ".last.ckpt.123.tmp").write_bytes(b"half")  # debris of a killed write
+    last.write_bytes(last.read_bytes()[:100])  # truncated (a full disk)
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(last) == last.with_name("last.ckpt.prev")
+    assert f"{last} is not a readable checkpoint" in caplog.text
+    assert not (last.parent / ".last.ckpt.123.tmp").exists()
+    assert torch.load(resume_checkpoint(last), weights_only=True)["global_step"] == 3
+    last.with_name("last.ckpt.prev").write_bytes(b"")
+    with pytest.raises(UnsafeFileError, match=rf"{last} is not a readable checkpoint.*last.ckpt.prev is empty"):
+        resume_checkpoint(last)
+
+
+def test_resume_from_a_pickle_checkpoint_is_refused_without_unpickling(tmp_path, capsys):
+    from emofer.cli import main
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 1, "evil": Path("x")}, out / "checkpoints" / "last.ckpt")
+    tiny = ["data.train=[{name: synthfer, split: train, size: 16}]", "data.test=[{name: synthfer, split: test, size: 7}]"]
+    assert main(["train", "-c", "classifier-tiny", *tiny, "--out", str(out), "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "last.ckpt is not a safe checkpoint" in err and "weights_only" not in err
+
+
+# -- evaluation with on_bad_sample: skip ------------------------------------------------------------
+
+
+def test_skipped_test_samples_are_excluded_and_counted_exactly(tmp_path):
+    from emofer.experiment import evaluate
+
+    root = tmp_path / "raf"
+    (root / "EmoLabel").mkdir(parents=True)
+    lines = [f"test_{i:04d}.jpg {1 + i % 7}" for i in range(1, 11)]
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    images = root / "Image" / "aligned"
+    images.mkdir(parents=True)
+    for i in range(1, 11):
+        if i not in (3, 4):  # two missing files, next to each other (the next one is bad too)
+            Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(images / f"test_{i:04d}_aligned.jpg")
+    OLD.save_pretrained(tmp_path / "model")
+    cfg = emofer.load_config("classifier-tiny", [
+        f"data.test=[{{name: rafdb, root: '{root}', split: test}}]", "data.on_bad_sample=skip",
+        "data.eval_batch_size=4", f"model.classes=[{','.join(CLASSES)}]",
+    ])
+    metrics = evaluate(cfg, tmp_path / "model", tmp_path / "eval", progress=False)
+    ids = [json.loads(line)["id"] for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["num_samples"] == 8 and metrics["skipped_samples"] == 2
+    assert sorted(ids) == [f"test_{i:04d}" for i in range(1, 11) if i not in (3, 4)]  # each once, none repeated
