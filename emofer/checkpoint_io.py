@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 
 from emofer.safe_io import UnsafeFileError, load_checkpoint
 
@@ -82,3 +83,36 @@ def resume_checkpoint(last: str | os.PathLike[str]) -> Path | None:
     if problems:
         raise UnsafeFileError("; ".join(problems) + " — no readable checkpoint to resume from")
     return None
+
+
+class RNGStates(Callback):
+    """Puts the RNG states (Python, NumPy, torch CPU and CUDA) into every checkpoint and restores them
+    at resume, so dropout and augmentation after a resume draw what the uninterrupted run drew."""
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        states: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": (kind, keys.tolist(), pos, has_gauss, cached),  # plain data: loads with weights_only
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig
 
-from emofer.checkpoint_io import AtomicCheckpointIO, resume_checkpoint
+from emofer.checkpoint_io import AtomicCheckpointIO, RNGStates, resume_checkpoint
 from emofer.config import atomic_write_text, save_config
 from emofer.paths import MODEL_DIR, default_cache_dir, model_folder
 from emofer.safe_io import UnsafeFileError, load_checkpoint
@@ -117,7 +117,8 @@ def build_trainer(
             save_top_k=0,
             every_n_train_steps=max(1, t.checkpoint_every),
             save_on_train_epoch_end=False,
-        )
+        ),
+        RNGStates(),
     ]
     if progress:
         callbacks.append(RichProgressBar(leave=True))

@@ -166,3 +166,77 @@ def test_skipped_test_samples_are_excluded_and_counted_exactly(tmp_path):
     ids = [json.loads(line)["id"] for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert metrics["num_samples"] == 8 and metrics["skipped_samples"] == 2
     assert sorted(ids) == [f"test_{i:04d}" for i in range(1, 11) if i not in (3, 4)]  # each once, none repeated
+
+
+# -- exact resume ---------------------------------------------------------------------------------
+
+RUN = [
+    "data.train=[{name: synthfer, split: train, size: 96}]",  # 6 batches an epoch: 2 epochs
+    "data.test=[{name: synthfer, split: test, size: 28}]",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "train.max_steps=12",
+]
+
+
+@pytest.mark.parametrize("every, killed_at", [(4, 7), (6, 9)], ids=["mid-epoch", "at-an-epoch-end"])
+def test_a_killed_and_resumed_run_replays_the_uninterrupted_one_exactly(tmp_path, monkeypatch, every, killed_at):
+    from emofer.experiment import train
+    from emofer.system import EmoFERSystem
+
+    # dropout and the encoder's random flips: the RNG must be replayed, not only the batch order
+    cfg = emofer.load_config("classifier-tiny", [*RUN, f"train.checkpoint_every={every}", "model.llm.dropout=0.3"])
+    whole = train(cfg, tmp_path / "whole", progress=False)
+
+    step = EmoFERSystem.training_step
+
+    def dies(self, batch, batch_idx):
+        if self.global_step == killed_at:
+            raise Killed(f"step {killed_at}")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(EmoFERSystem, "training_step", dies)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(EmoFERSystem, "training_step", step)
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == killed_at // every * every and not (tmp_path / "resumed" / "metrics.json").exists()
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    for key in ("uar", "war", "macro_f1", "confusion", "num_samples", "steps"):
+        assert resumed[key] == whole[key], key
+    assert (tmp_path / "resumed" / "predictions.jsonl").read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "whole" / "model" / "model.safetensors"), load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed weights differ"
+
+
+def test_a_resumed_sampler_continues_the_same_sequence_and_samples_draw_by_place():
+    from emofer.data.sampler import BatchView, GroupedBatchSampler
+
+    sampler = GroupedBatchSampler([0] * 20 + [1] * 12, batch_size=4, seed=3)
+    sampler.set_epoch(2)
+    whole = [list(b) for b in sampler]
+    sampler.set_epoch(2)
+    sampler.skip_to(2, 3)
+    assert [list(b) for b in sampler] == whole[3:]
+    sampler.set_epoch(3)  # the skip belongs to its epoch only
+    assert len(list(sampler)) == len(whole)
+
+    class Noisy(torch.utils.data.Dataset):  # stands for random augmentation: draws from torch's RNG
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, i):
+            return float(torch.rand(()))
+
+    sampler.set_epoch(5)
+    batch = next(iter(sampler))
+    view = BatchView(Noisy())
+    torch.manual_seed(0)
+    first = view[batch]
+    after = torch.rand(())
+    torch.manual_seed(123)  # another worker, another history: the same draws
+    assert view[batch] == first and len(set(first)) == len(first)
+    torch.manual_seed(0)
+    assert torch.rand(()) == after  # the caller's RNG is forked, not consumed
