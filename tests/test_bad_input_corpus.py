@@ -320,3 +320,24 @@ def test_unsafe_weights_and_checkpoints_are_named(tmp_path, tiny_model, capsys):
     assert main(["eval", "--ckpt", str(ckpt), "-c", str(cfg_path), "--out", str(tmp_path / "e")]) == 1
     line = _one_line_error(capsys)
     assert f"{ckpt} is not a safe checkpoint" in line and "weights_only" not in line
+
+
+@pytest.mark.parametrize(
+    "test_set, culprit",
+    [
+        ("{name: rafdb, split: test}", "root"),  # no root: reported before training, not after
+        ("{name: rafdb, root: RAF, split: test}", "test set(s) ['rafdb-test'] hold no samples"),
+    ],
+    ids=["without-root", "empty"],
+)
+def test_a_bad_test_set_is_reported_before_training(tmp_path, monkeypatch, capsys, test_set, culprit):
+    import lightning
+
+    (tmp_path / "raf" / "EmoLabel").mkdir(parents=True)
+    (tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    started = []
+    monkeypatch.setattr(lightning.Trainer, "fit", lambda *a, **k: started.append(1))
+    args = ["train", "-c", "classifier-tiny", "data.train=[{name: synthfer, split: train, size: 16}]",
+            f"data.test=[{test_set.replace('RAF', str(tmp_path / 'raf'))}]", "--out", str(tmp_path / "run")]
+    assert main(args) in (1, 2)
+    assert culprit in _one_line_error(capsys) and not started

@@ -71,8 +71,8 @@ class RecordDataset(Dataset):
         name: str,
         skips: SkipLog | None = None,
     ) -> None:
-        self.records = unique_records(records, name, skips)
         self.classes = canonical_classes(classes)
+        self.records = unique_records(records, name, skips, self.classes)
         self.name = name
         self.skipped: list[str] = list(skips.messages) if skips is not None else []
         if skips is not None:
@@ -134,7 +134,9 @@ def require_file(path: Path, what: str, argument: str) -> Path:
     return path
 
 
-def unique_records(records: list[Record], name: str, skips: SkipLog | None = None) -> list[Record]:
+def unique_records(
+    records: list[Record], name: str, skips: SkipLog | None = None, classes: tuple[str, ...] = ()
+) -> list[Record]:
     """``records`` without repeated ids: a repeated sample id is an error naming both lines.
 
     The same id twice would be trained on twice and, in a test set, scored
@@ -149,7 +151,10 @@ def unique_records(records: list[Record], name: str, skips: SkipLog | None = Non
             out.append(rec)
             continue
         where = rec.source or name
-        labels = "" if seen.label == rec.label else f" with another label ({seen.label} there, {rec.label} here)"
+        def word(label: int) -> str:
+            return classes[label] if 0 <= label < len(classes) else str(label)
+
+        labels = "" if seen.label == rec.label else f" with another label ({word(seen.label)} there, {word(rec.label)} here)"
         err = AnnotationError(f"{where}: sample id {rec.id!r} is listed twice{labels}; first at {seen.source or 'an earlier record'}")
         if skips is None:
             raise err
