@@ -65,7 +65,12 @@ USAGE_ERRORS = (emofer.ConfigError, emofer.UnknownComponentError, emofer.Compone
 def error_line(err: BaseException) -> str:
     """The one line the CLI prints for an error: its message on one line, prefixed by its type
     when that is not one of emofer's own (whose messages already say what went wrong)."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or repr(err)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in str(err):
+        # re-raised from a DataLoader worker: the message is the worker's traceback; its last line is the error
+        kind, _, message = lines[-1].partition(": ")
+        lines = [message or kind]
+    text = " ".join(lines) or repr(err)
     if type(err).__module__.split(".")[0] == "emofer":
         return text
     return f"{type(err).__name__}: {text}"

@@ -341,3 +341,18 @@ def test_a_bad_test_set_is_reported_before_training(tmp_path, monkeypatch, capsy
             f"data.test=[{test_set.replace('RAF', str(tmp_path / 'raf'))}]", "--out", str(tmp_path / "run")]
     assert main(args) in (1, 2)
     assert culprit in _one_line_error(capsys) and not started
+
+
+def test_an_error_re_raised_from_a_data_loader_worker_is_still_one_line():
+    from torch._utils import ExceptionWrapper
+
+    from emofer.cli import error_line
+
+    try:
+        raise BadSampleError("/data/x.jpg", "corrupt or truncated image (broken data stream)")
+    except BadSampleError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BadSampleError) as err:
+        wrapped.reraise()
+    assert "Traceback" in str(err.value)  # what torch hands back: the worker's traceback as the message
+    assert error_line(err.value) == "/data/x.jpg: corrupt or truncated image (broken data stream)"
