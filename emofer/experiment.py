@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from emofer.checkpoint_io import AtomicCheckpointIO, RNGStates, resume_checkpoint
 from emofer.config import atomic_write_text, save_config
 from emofer.paths import MODEL_DIR, default_cache_dir, model_folder
-from emofer.safe_io import UnsafeFileError, load_checkpoint
+from emofer.safe_io import UnsafeFileError, load_checkpoint, recover_folder
 
 if TYPE_CHECKING:
     import lightning as L
@@ -328,6 +328,7 @@ def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) ->
     """
     from emofer.model import EmoFERModel, build_model
 
+    recover_folder(Path(path) / MODEL_DIR)  # a run's export that a kill interrupted
     path = model_folder(path)
     if path.is_dir():
         return EmoFERModel.from_pretrained(path)

@@ -205,15 +205,18 @@ def verify_manifest(folder: str | os.PathLike[str], required: bool = False) -> N
 
 
 def _sniff(path: Path, what: str) -> None:
-    """Refuses a missing, empty or pickled file before any reader sees it."""
+    """Refuses a missing or empty file before any reader sees it."""
     if not path.is_file():
         raise UnsafeFileError(f"{what} not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if not head:
+    if path.stat().st_size == 0:
         raise UnsafeFileError(f"{path} is empty (an interrupted write?)")
-    if head[:1] == b"\x80" and what == "weights file":
-        raise UnsafeFileError(f"{path} is a Python pickle, not a safetensors file; emofer never unpickles weights")
+
+
+def _pickled(path: Path) -> bool:
+    """Whether a file that failed to read as safetensors looks like a pickle or a ``torch.save`` zip."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04"
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -226,6 +229,10 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # SafetensorError, OSError: header too large, truncated data...
+        if _pickled(path):
+            raise UnsafeFileError(
+                f"{path} is a Python pickle (torch.save), not a safetensors file; emofer never unpickles weights"
+            ) from None
         raise UnsafeFileError(f"{path} is not a readable safetensors file (corrupt or truncated: {err})") from None
 
 

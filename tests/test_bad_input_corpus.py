@@ -313,6 +313,11 @@ def test_unsafe_weights_and_checkpoints_are_named(tmp_path, tiny_model, capsys):
         with pytest.raises(ValueError, match=rf"{weights}") as err:
             EmoFERModel.from_pretrained(folder)
         assert "weights_only" not in str(err.value), name
+        if name == "pickle":
+            assert "is a Python pickle" in str(err.value)
+    torch.save({"w": torch.ones(2)}, weights)  # torch.save's zip of pickles
+    with pytest.raises(ValueError, match=rf"{weights} is a Python pickle \(torch.save\), not a safetensors file"):
+        EmoFERModel.from_pretrained(folder)
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "obj": Path("x")}, ckpt)  # a pickled Python object, not plain data
     cfg_path = tmp_path / "cfg.yaml"

@@ -240,3 +240,11 @@ def test_a_resumed_sampler_continues_the_same_sequence_and_samples_draw_by_place
     assert view[batch] == first and len(set(first)) == len(first)
     torch.manual_seed(0)
     assert torch.rand(()) == after  # the caller's RNG is forked, not consumed
+
+
+def test_a_run_folder_whose_export_was_killed_between_two_renames_loads(tmp_path):
+    from emofer.experiment import load_trained
+
+    OLD.save_pretrained(tmp_path / "run" / ".model.old-1234abcd")  # what the first rename left, no model/
+    assert _scores(load_trained(tmp_path / "run")) == _scores(OLD)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]
