@@ -71,6 +71,8 @@ def resume_checkpoint(last: str | os.PathLike[str]) -> Path | None:
     for path in (last, last.with_name(last.name + PREVIOUS)):
         if not path.exists():
             continue
+        if path.is_dir():  # a sharded checkpoint (FSDP, DeepSpeed): its strategy reads and checks it
+            return path
         try:
             load_checkpoint(path)
         except UnsafeFileError as err:
