@@ -15,6 +15,7 @@ the same sequence: no ``use_distributed_sampler=False`` needed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -120,9 +121,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
 class BatchView(Dataset):
     """A data set indexed by lists of indices (what :class:`GroupedBatchSampler` yields).
 
-    For a :class:`DrawnBatch`, each sample is loaded under torch's RNG seeded
-    from the batch's key and its place in it (forked, so the caller's RNG does
-    not move): its augmentation depends on where it was drawn, not on which
+    For a :class:`DrawnBatch`, each sample is loaded under torch's CPU RNG seeded
+    from the batch's key and its place in it (restored afterwards, so the
+    caller's RNG does not move): its augmentation depends on where it was drawn, not on which
     worker loads it or what was loaded before.
     """
 
@@ -137,11 +138,20 @@ class BatchView(Dataset):
         if key is None:
             return [self.dataset[i] for i in indices]
         items = []
-        for place, i in enumerate(indices):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([*key, place]).generate_state(1)[0]))
+        outer = torch.get_rng_state()
+        try:
+            for place, i in enumerate(indices):
+                torch.random.default_generator.manual_seed(_draw_seed(key, place))  # CPU only: ~4 us, not ~280
                 items.append(self.dataset[i])
+        finally:
+            torch.set_rng_state(outer)
         return items
+
+
+def _draw_seed(key: tuple[int, ...], place: int) -> int:
+    """A 63-bit seed from where a sample was drawn (a hash: neighbouring keys give unrelated seeds)."""
+    digest = hashlib.blake2b(repr((*key, place)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class ResumableLoader(DataLoader):
