@@ -129,6 +129,26 @@ def test_checkpoints_are_atomic_and_resume_falls_back_to_the_previous_one(tmp_pa
         resume_checkpoint(last)
 
 
+def test_a_full_disk_during_a_checkpoint_write_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    import errno
+
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 3}, last)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 6}, last)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # untouched
+    assert resume_checkpoint(last) == last and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
 def test_resume_from_a_pickle_checkpoint_is_refused_without_unpickling(tmp_path, capsys):
     from emofer.cli import main
 
