@@ -277,15 +277,21 @@ def test_a_grid_without_runs_is_refused(tmp_path, capsys, text):
 
 
 def test_a_second_grid_into_a_running_grids_folder_is_one_line(tmp_path, capsys):
-    import fcntl
+    import socket
+    import subprocess
+    import sys
 
     (tmp_path / "g.yaml").write_text("name: g\nbase: classifier-tiny\ngrid: {seed: [0]}\n")
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / ".grid.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the running grid
+    try:
+        (out / "grid.json").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
         assert main(["grid", str(tmp_path / "g.yaml"), "--out", str(out)]) == 1
-    assert f"another grid is running in {out}" in _one_line_error(capsys)
+    finally:
+        other.kill()
+        other.wait()
+    assert f"another grid is running in {out} (process {other.pid}" in _one_line_error(capsys)
 
 
 def test_verbose_adds_the_traceback(tmp_path, capsys):
