@@ -55,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # every refusal is one line; -v adds the traceback
         _print_error(error_line(err), args.verbose)
-        return 2 if isinstance(err, USAGE_ERRORS) else 1
+        return 2 if isinstance(err, usage_errors()) else 1
 
 
-USAGE_ERRORS = (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError)
-"""Refusals of what the command was asked (exit status 2); any other error exits with 1."""
+def usage_errors() -> tuple[type[Exception], ...]:
+    """Refusals of what the command was asked — a config, argument, data set or model source
+    (exit status 2); any other error (an unsafe file, a failure during a run) exits with 1."""
+    from emofer.checkpoints.base import CheckpointError
+    from emofer.data.errors import DataError
+
+    return (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError, CheckpointError)
 
 
 def error_line(err: BaseException) -> str:
