@@ -507,7 +507,7 @@ class EmoFERModel(nn.Module):
         from emofer.checkpoints.carried import resolve_sources
         from emofer.checkpoints.source import verify_folder
 
-        verify_manifest(directory)
+        verify_manifest(directory, editable=(CONFIG_FILE,))
         verify_folder(directory)  # an imported model's checkpoint is still there, unchanged
         model = build_model(resolve_sources(load_config(directory / CONFIG_FILE), directory))
         model.load_weights(directory)

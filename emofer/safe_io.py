@@ -176,11 +176,13 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def verify_manifest(folder: str | os.PathLike[str], required: bool = False) -> None:
+def verify_manifest(folder: str | os.PathLike[str], required: bool = False, editable: tuple[str, ...] = ()) -> None:
     """Checks every file ``folder/manifest.json`` lists against its SHA-256 and size.
 
     A folder without a manifest (written before manifests existed) passes
-    unless ``required``.
+    unless ``required``. Files in ``editable`` (a model folder's ``config.yaml``,
+    which its docs tell users to edit when a source moved) may differ: that is
+    logged, naming the file, not refused.
 
     Raises:
         UnsafeFileError: a listed file is missing or differs, naming it.
@@ -195,6 +197,9 @@ def verify_manifest(folder: str | os.PathLike[str], required: bool = False) -> N
         if not path.is_file():
             raise UnsafeFileError(f"{path} is listed in {folder / MANIFEST} but missing")
         if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
+            if name in editable:
+                log.warning("%s was edited after the save (%s lists it otherwise)", path, folder / MANIFEST)
+                continue
             raise UnsafeFileError(
                 f"{path} differs from {folder / MANIFEST} (changed after the save, or a mix of two saves); "
                 f"restore it, or delete {MANIFEST} to load the folder as it is"

@@ -397,10 +397,7 @@ def test_round_trip_of_the_classifier_and_a_mismatched_config(tmp_path) -> None:
     (tmp_path / "cls" / "config.yaml").write_text(
         emofer.config.to_yaml(emofer.load_config(config(llm="classifier")))
     )
-    with pytest.raises(ValueError, match=r"cls/config.yaml differs from .*manifest.json"):
-        EmoFERModel.from_pretrained(tmp_path / "cls")  # the manifest sees the edit
-    (tmp_path / "cls" / "manifest.json").unlink()
-    with pytest.raises(RuntimeError, match="does not fit this model"):
+    with pytest.raises(RuntimeError, match="does not fit this model"):  # config.yaml may be edited: warned
         EmoFERModel.from_pretrained(tmp_path / "cls")
     with pytest.raises(FileNotFoundError, match="holds no config.yaml"):
         EmoFERModel.from_pretrained(tmp_path / "nothing")
