@@ -169,6 +169,18 @@ def probe_width(fusion: nn.Module, spec: FusionSpec) -> int:
     return int(torch.func.functional_call(fusion, state, (visual, priors, text)).shape[-1])
 
 
+def check_classes(names: Any) -> None:
+    """``model.classes``: a non-empty list of distinct canonical expression names (the labels the
+    model is trained and scored on; a typo would otherwise be a class no sample ever has)."""
+    from emofer.labels import CANONICAL
+
+    names = list(names)
+    unknown = [n for n in names if n not in CANONICAL]
+    if not names or unknown or len(set(names)) != len(names):
+        what = f"unknown label(s) {unknown}" if unknown else "no label" if not names else "a repeated label"
+        raise WiringError(f"model.classes {names} has {what}; expected distinct names of {list(CANONICAL)}")
+
+
 def check_freeze(names: Any) -> None:
     unknown = sorted(set(names) - set(PARTS))
     if unknown:

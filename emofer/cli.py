@@ -48,18 +48,47 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
-    from emofer.checkpoints.base import CheckpointError  # also: a model folder's source is missing
-    from emofer.data.errors import DataError
-
     try:
         return int(args._run(args) or 0)
-    except (
-        emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError, CheckpointError
-    ) as err:
-        from rich.console import Console
+    except KeyboardInterrupt:
+        _print_error("interrupted", args.verbose)
+        return 130
+    except Exception as err:  # every refusal is one line; -v adds the traceback
+        _print_error(error_line(err), args.verbose)
+        return 2 if isinstance(err, usage_errors()) else 1
 
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
-        return 2
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """Refusals of what the command was asked — a config, argument, data set or model source
+    (exit status 2); any other error (an unsafe file, a failure during a run) exits with 1."""
+    from emofer.checkpoints.base import CheckpointError
+    from emofer.data.errors import DataError
+
+    return (emofer.ConfigError, emofer.UnknownComponentError, emofer.ComponentConfigError, DataError, CheckpointError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line the CLI prints for an error: its message on one line, prefixed by its type
+    when that is not one of emofer's own (whose messages already say what went wrong)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in str(err):
+        # re-raised from a DataLoader worker: the message is the worker's traceback; its last line is the error
+        kind, _, message = lines[-1].partition(": ")
+        lines = [message or kind]
+    text = " ".join(lines) or repr(err)
+    if type(err).__module__.split(".")[0] == "emofer":
+        return text
+    return f"{type(err).__name__}: {text}"
+
+
+def _print_error(line: str, verbose: bool) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    con = Console(stderr=True, soft_wrap=True)
+    if verbose:
+        con.print_exception()
+    con.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

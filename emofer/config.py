@@ -253,7 +253,13 @@ def _load_raw(name_or_path: str | os.PathLike[str], seen: tuple[str, ...] = ()) 
     path = _resolve_path(name_or_path)
     if str(path) in seen:
         raise ConfigError(f"'extends' cycle: {' -> '.join(seen + (str(path),))}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax, encoding: name the file
+        raise ConfigError(f"{path}: not a readable YAML config ({' '.join(str(err).split())})") from None
+    raw = OmegaConf.to_container(loaded, resolve=False)
+    if not raw:
+        raise ConfigError(f"{path}: the config file is empty (a config names at least what it changes)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping, got {type(raw).__name__}")
     parent = raw.pop("extends", None)

@@ -25,21 +25,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
 
+from emofer.checkpoint_io import AtomicCheckpointIO, RNGStates, resume_checkpoint
 from emofer.config import atomic_write_text, save_config
 from emofer.paths import MODEL_DIR, default_cache_dir, model_folder
+from emofer.safe_io import UnsafeFileError, load_checkpoint, recover_folder
 
 if TYPE_CHECKING:
     import lightning as L
@@ -133,7 +132,8 @@ def build_trainer(
             save_top_k=0,
             every_n_train_steps=max(1, t.checkpoint_every),
             save_on_train_epoch_end=False,
-        )
+        ),
+        RNGStates(),
     ]
     if progress:
         callbacks.append(RichProgressBar(leave=True))
@@ -155,7 +155,7 @@ def build_trainer(
         gradient_clip_val=t.gradient_clip_val,
         callbacks=callbacks,
         logger=build_loggers(t.loggers, out, cfg.name),
-        plugins=plugins or None,
+        plugins=[*plugins, AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=10,
@@ -233,18 +233,8 @@ def _eval_loader(loader: Any, trainer: L.Trainer) -> Any:
 
 
 def export_model(model: EmoFERModel, directory: Path) -> None:
-    """``save_pretrained`` into a temporary folder, then swapped in place (never half-written)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    model.save_pretrained(tmp)
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """``save_pretrained``, which swaps the folder in whole (never half-written, never a mix)."""
+    model.save_pretrained(directory)
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -254,13 +244,25 @@ def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, An
     atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
-def _test(trainer: L.Trainer, system: EmoFERSystem, datamodule: Any) -> tuple[dict, list[dict]]:
-    """Evaluates every test set in turn; the first one's metrics lead, all are under ``per_dataset``."""
+def check_test_sets(datamodule: Any) -> None:
+    """Builds the test sets (their annotation files are read) and refuses none or an empty one —
+    before training, so a bad test set never waits for the end of a run to be reported."""
+    from emofer.data.errors import DataError
+
     datamodule.setup("test")
-    start = time.perf_counter()
     names, sets = datamodule.names("test"), datamodule.datasets["test"]
     if not sets:
-        raise ValueError("data.test lists no data set to evaluate on")
+        raise DataError("data.test lists no data set to evaluate on")
+    empty = [name for name, ds in zip(names, sets, strict=True) if len(ds) == 0]
+    if empty:
+        raise DataError(f"data.test: test set(s) {empty} hold no samples")
+
+
+def _test(trainer: L.Trainer, system: EmoFERSystem, datamodule: Any) -> tuple[dict, list[dict]]:
+    """Evaluates every test set in turn; the first one's metrics lead, all are under ``per_dataset``."""
+    check_test_sets(datamodule)
+    start = time.perf_counter()
+    names, sets = datamodule.names("test"), datamodule.datasets["test"]
     per_dataset: dict[str, dict] = {}
     records: list[dict] = []
     for name, dataset, loader in zip(names, sets, datamodule.test_dataloader(), strict=True):
@@ -304,9 +306,10 @@ def train(cfg: DictConfig, out: str | os.PathLike[str], resume: bool = False, pr
     cache = _feature_cache(cfg, model)
     datamodule = build_datamodule(cfg, model, cached=cache.parts if cache else ())
     system = build_system(cfg, model, feature_cache=cache)
+    check_test_sets(datamodule)
     trainer = build_trainer(cfg, out, progress)
     last = out / CHECKPOINT_DIR / "last.ckpt"
-    ckpt = last if resume and last.exists() else None
+    ckpt = resume_checkpoint(last) if resume else None
     if resume and ckpt is None:
         log.warning("no checkpoint in %s: starting from scratch", last.parent)
     if trainer.is_global_zero:
@@ -340,6 +343,7 @@ def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) ->
     """
     from emofer.model import EmoFERModel, build_model
 
+    recover_folder(Path(path) / MODEL_DIR)  # a run's export that a kill interrupted
     path = model_folder(path)
     if path.is_dir():
         return EmoFERModel.from_pretrained(path)
@@ -347,7 +351,9 @@ def load_trained(path: str | os.PathLike[str], cfg: DictConfig | None = None) ->
         if cfg is None:
             raise ValueError(f"{path} is a Lightning checkpoint: pass the run's config to rebuild the model")
         model = build_model(cfg)
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_checkpoint(path).get("state_dict")
+        if not isinstance(state, dict):
+            raise UnsafeFileError(f"{path} holds no 'state_dict': not a Lightning checkpoint of an emofer run")
         prefix = "model."
         model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         return model

@@ -34,6 +34,7 @@ from emofer._wiring import (
     WiringError,
     build_fusion,
     check_agr,
+    check_classes,
     check_freeze,
     expect_part,
     fusion_spec,
@@ -49,6 +50,7 @@ from emofer.llm.agr import ATTRIBUTE_LABELS, agr_sentences
 from emofer.llm.classifier import ClassifierHead
 from emofer.llm.parsing import invalid_rate, parse_label
 from emofer.part import is_frozen, set_frozen
+from emofer.safe_io import fault_point, read_safetensors, recover_folder, replace_folder, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +299,12 @@ class EmoFERModel(nn.Module):
 
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         labels = list(labels) if labels is not None else self.classes
+        if not labels or any(not isinstance(x, str) or not x.strip() for x in labels):
+            raise ValueError(f"classify: labels must be a non-empty list of non-empty strings, got {labels!r}")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"classify: labels must not repeat, got {labels!r}")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"classify: num_frames must be an integer of at least 1, got {num_frames!r}")
         clips = [_frames_of(x, num_frames) for x in items]
         if face_crop is not False:
             clips = crop_faces(clips, None if face_crop else 2 * self.input_size)
@@ -387,23 +395,32 @@ class EmoFERModel(nn.Module):
         A model imported from another project's checkpoint (:func:`emofer.from_checkpoint`)
         writes only the weights that differ from it, plus ``checkpoint.json`` naming the
         checkpoint's files; ``include_pretrained=True`` copies everything instead.
+
+        The folder is replaced as a whole (:func:`emofer.safe_io.replace_folder`):
+        written as a sibling with a ``manifest.json`` of SHA-256 hashes, then
+        swapped in, so a kill at any point leaves the old model or the new one,
+        never a mix. Files in ``directory`` that a save did not write are refused, not deleted.
         """
+        replace_folder(directory, lambda tmp: self._write_folder(tmp, include_pretrained), keep=_saved_file)
+
+    def _write_folder(self, directory: Path, include_pretrained: bool) -> None:
+        """Writes the files of :meth:`save_pretrained` into a fresh ``directory`` (the sibling being swapped in)."""
         from safetensors.torch import save_file
 
         from emofer.checkpoints.carried import carry_sources, needed_imports
         from emofer.config import save_config
         from emofer.paths import default_cache_dir
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         skip = set() if include_pretrained else self._source_keys()
         cfg = OmegaConf.to_container(self.cfg, resolve=True)  # sources carried or recorded: sources.json
         whole = [n for n in self.parts() if not any(k.startswith(f"{n}.") for k in skip)]
         carry_sources(self, directory, cfg, whole, default_cache_dir())
+        fault_point("sources")
         save_config(
             OmegaConf.create({"model": cfg, "custom_imports": needed_imports(cfg, self.custom_imports)}),
             directory / CONFIG_FILE,
         )
+        fault_point(CONFIG_FILE)
         adapters = {f"llm.{k}" for k in self.llm.adapter_keys()}
         tensors, aliases, seen = {}, {}, {}
         for key, value in self.state_dict().items():
@@ -415,15 +432,15 @@ class EmoFERModel(nn.Module):
                 continue
             seen[ptr] = key
             tensors[key] = value.detach().contiguous().cpu()
-        tmp = directory / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp), metadata={"aliases": json.dumps(aliases), "format": "emofer"})
-        os.replace(tmp, directory / WEIGHTS_FILE)
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"aliases": json.dumps(aliases), "format": "emofer"})
+        fault_point(WEIGHTS_FILE)
         if adapters:
             self.llm.save_adapter(directory / ADAPTER_DIR)
+            fault_point(ADAPTER_DIR)
         source = getattr(self, "checkpoint_source", None)
-        (directory / "checkpoint.json").unlink(missing_ok=True)
         if source is not None and not include_pretrained:
             source.save(directory, self)
+            fault_point("checkpoint.json")
 
     def load_weights(self, directory: str | os.PathLike[str], missing: str = "error") -> list[str]:
         """Loads the weights a :meth:`save_pretrained` folder holds into this model.
@@ -452,8 +469,6 @@ class EmoFERModel(nn.Module):
             FileNotFoundError: ``directory`` holds no weights file.
             RuntimeError: a weight is unexpected or of another shape, or missing under ``missing="error"`` (named).
         """
-        from safetensors import safe_open
-
         if missing not in INIT_MISSING:
             raise ValueError(f"missing must be one of {INIT_MISSING}, not {missing!r}")
         from emofer.checkpoints.source import fill_from_source
@@ -462,9 +477,8 @@ class EmoFERModel(nn.Module):
         if not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; is it a save_pretrained directory?")
         kept_by_import = fill_from_source(self, directory)
-        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        tensors, metadata = read_safetensors(directory / WEIGHTS_FILE)
+        aliases = json.loads(metadata.get("aliases", "{}"))
         tensors.update({alias: tensors[key] for alias, key in aliases.items()})
         mismatch = f"{directory / WEIGHTS_FILE} does not fit this model"
         try:
@@ -489,11 +503,13 @@ class EmoFERModel(nn.Module):
         from emofer.config import load_config
 
         directory = Path(directory)
+        recover_folder(directory)
         if not (directory / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a save_pretrained directory?")
         from emofer.checkpoints.carried import resolve_sources
         from emofer.checkpoints.source import verify_folder
 
+        verify_manifest(directory, editable=(CONFIG_FILE,))
         verify_folder(directory)  # an imported model's checkpoint is still there, unchanged
         model = build_model(resolve_sources(load_config(directory / CONFIG_FILE), directory))
         model.load_weights(directory)
@@ -511,6 +527,13 @@ def _raw_batch(clips: list[list[Any]], question: str, enc_tf: Callable, prior_tf
     return batch
 
 
+def _saved_file(name: str) -> bool:
+    """Whether ``name`` (relative to a model folder) is a file :meth:`EmoFERModel.save_pretrained` writes."""
+    return name in (CONFIG_FILE, WEIGHTS_FILE, "checkpoint.json", "sources.json") or name.startswith(
+        (f"{ADAPTER_DIR}/", "sources/")
+    )
+
+
 def _frames_of(item: Any, num_frames: int) -> list[Any]:
     """An input as a list of RGB PIL frames (one for an image)."""
     from PIL import Image
@@ -526,6 +549,9 @@ def _frames_of(item: Any, num_frames: int) -> list[Any]:
         frames = item if item.dim() == 4 else item[None]
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"tensor inputs must be [3,H,W] or [T,3,H,W], got {tuple(item.shape)}")
+        if frames.is_floating_point() and not torch.isfinite(frames).all():
+            bad = int((~torch.isfinite(frames)).sum())
+            raise ValueError(f"a tensor input of shape {tuple(item.shape)} holds {bad} NaN or infinite value(s)")
         return [to_pil_image(f) for f in frames]
     if isinstance(item, (str, os.PathLike)):
         if os.path.isdir(item):  # a frame folder, as the data sets read them
@@ -574,6 +600,7 @@ def build_model(cfg: Any) -> EmoFERModel:
     """
     cfg, imports = model_node(cfg)
     check_freeze(cfg.freeze)
+    check_classes(cfg.classes)
     encoder = expect_part(ENCODERS.build(cfg.encoder), VisionEncoder, "encoder", cfg.encoder.name)
     prior = FACE_PRIORS.build(cfg.face_prior)
     if prior is not None:

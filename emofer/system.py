@@ -182,6 +182,7 @@ class EmoFERSystem(L.LightningModule):
         self.val_metrics = expression_metrics(len(self.classes), prefix="val/")
         self.test_metrics = expression_metrics(len(self.classes), prefix="test/")
         self._records: list[dict[str, Any]] = []
+        self._skipped: list[str] = []
         self._active_stage: int | None = None
         self.test_results: dict[str, Any] | None = None
         self.test_records: list[dict[str, Any]] = []
@@ -265,6 +266,10 @@ class EmoFERSystem(L.LightningModule):
         self._evaluate(batch, self.test_metrics, keep=True)
 
     def _evaluate(self, batch: Mapping[str, Any], metrics: Any, keep: bool) -> None:
+        if keep:  # samples skipped under on_bad_sample: skip are counted, never scored
+            self._skipped += batch.get("skipped", [])
+        if not batch["ids"]:
+            return
         index = {c: i for i, c in enumerate(self.classes)}
         truth = [batch["classes"][int(t)] for t in batch["targets"]]
         missing = sorted({t for t in truth if t not in index})
@@ -328,15 +333,22 @@ class EmoFERSystem(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._records = []
+        self._skipped = []
 
     def on_test_epoch_end(self) -> None:
         self.test_results = summarize(self.test_metrics.compute(), self.classes, prefix="test/")
         self.test_metrics.reset()
-        records = self._records
+        records, skipped = self._records, self._skipped
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[list[dict[str, Any]]] = [[] for _ in range(torch.distributed.get_world_size())]
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (records, skipped))
+            records = [r for part, _ in gathered for r in part]
+            skipped = [m for _, part in gathered for m in part]
+        self.test_results["skipped_samples"] = len(skipped)
+        if skipped:
+            from emofer.data.errors import summarise
+
+            log.warning(summarise("test", skipped))
         self.test_records = sorted(records, key=lambda r: r["id"])
         self._records = []
         self.log_dict({f"test/{k}": self.test_results[k] for k in SCALARS}, sync_dist=True)

@@ -104,8 +104,10 @@ def test_skipped_bad_samples_are_counted_and_reported_once(tmp_path, caplog):
     dm = _module(_raf_tree(tmp_path), "skip")
     dm.setup("test")
     batches = [dm.on_before_batch_transfer(b, 0) for b in dm.test_dataloader()[0]]
-    assert [len(b["ids"]) for b in batches] == [4, 4]  # replaced by the next good sample
-    assert "test_0003" not in sum((b["ids"] for b in batches), []) and "skipped" not in batches[0]
+    ids = sum((b["ids"] for b in batches), [])
+    assert [len(b["ids"]) for b in batches] == [3, 3]  # dropped from evaluation, never replaced
+    assert ids == ["test_0001", "test_0002", "test_0004", "test_0005", "test_0007", "test_0008"]
+    assert "skipped" not in batches[0]
     with caplog.at_level(logging.WARNING, logger="emofer.data.datamodule"):
         dm.teardown("test")
         dm.teardown("test")

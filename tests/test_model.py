@@ -363,7 +363,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     batch = make_batch(pixels=64)
     train_steps(model, batch, steps=1)
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "manifest.json", "model.safetensors"]
     loaded = EmoFERModel.from_pretrained(tmp_path)
     assert_same_outputs(model, loaded, batch)
     assert loaded.cfg == model.cfg
@@ -399,7 +399,7 @@ def test_round_trip_of_the_classifier_and_a_mismatched_config(tmp_path) -> None:
     (tmp_path / "cls" / "config.yaml").write_text(
         emofer.config.to_yaml(emofer.load_config(config(llm="classifier")))
     )
-    with pytest.raises(RuntimeError, match="does not fit this model"):
+    with pytest.raises(RuntimeError, match="does not fit this model"):  # config.yaml may be edited: warned
         EmoFERModel.from_pretrained(tmp_path / "cls")
     with pytest.raises(FileNotFoundError, match="holds no config.yaml"):
         EmoFERModel.from_pretrained(tmp_path / "nothing")

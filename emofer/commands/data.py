@@ -37,11 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parse_options(options: list[str]) -> dict:
     import yaml
 
+    from emofer.config import ConfigError
+
     out = {}
     for opt in options:
         key, sep, value = opt.partition("=")
         if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {opt!r}")
+            raise ConfigError(f"data info: expected KEY=VALUE, got {opt!r}")
         out[key] = yaml.safe_load(value) if value else ""
     return out
 
@@ -49,27 +51,30 @@ def _parse_options(options: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from emofer.data.errors import DataError
-
     console = Console()
-    try:
-        if args.data_command == "synth":
-            return _synth(args, console)
-        if args.data_command == "grid":
-            from emofer.data.synth.grid import save_grid
+    if args.data_command == "synth":
+        return _synth(args, console)
+    if args.data_command == "grid":
+        from emofer.data.synth.grid import save_grid
 
-            path = save_grid(args.out, args.per_class, seed=args.seed, image_size=args.image_size,
-                             difficulty=args.difficulty)
-            console.print(f"wrote {path}")
-            return 0
-        return _info(args, console)
-    except (DataError, ValueError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
-        return 2
+        path = save_grid(args.out, args.per_class, seed=args.seed, image_size=args.image_size,
+                         difficulty=args.difficulty)
+        console.print(f"wrote {path}")
+        return 0
+    return _info(args, console)
 
 
 def _synth(args: argparse.Namespace, console) -> int:
     from rich.progress import Progress
+
+    from emofer.config import ConfigError
+
+    for flag in ("train_size", "test_size"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
+    for flag in ("image_size", "num_frames"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
     from emofer.data.synth.export import export
 

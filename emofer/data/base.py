@@ -15,9 +15,10 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -47,6 +48,8 @@ class Record:
     attributes: dict[str, int] | None = None
     question: str | None = None
     answer: str | None = None
+    source: str | None = None
+    """Where the record was read: ``"file, line N"`` (named by duplicate-id and bad-box errors)."""
 
 
 class RecordDataset(Dataset):
@@ -69,8 +72,8 @@ class RecordDataset(Dataset):
         name: str,
         skips: SkipLog | None = None,
     ) -> None:
-        self.records = records
         self.classes = canonical_classes(classes)
+        self.records = unique_records(records, name, skips, self.classes)
         self.name = name
         self.skipped: list[str] = list(skips.messages) if skips is not None else []
         if skips is not None:
@@ -92,7 +95,7 @@ class RecordDataset(Dataset):
 
             media = list_frames(media.path)
         out: dict[str, Any] = {"id": rec.id, "media": media, "label": rec.label, "classes": list(self.classes)}
-        for key in ("box", "landmarks", "attributes", "question", "answer"):
+        for key in ("box", "landmarks", "attributes", "question", "answer", "source"):
             value = getattr(rec, key)
             if value is not None:
                 out[key] = value
@@ -151,14 +154,55 @@ def one_based_label(
 
 def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
     """``(line number, fields)`` of every non-blank row of a CSV file, header included (UTF-8, BOM or not)."""
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if row and "".join(row).strip():
+                yield reader.line_num, row
+
+
+def unique_records(
+    records: list[Record], name: str, skips: SkipLog | None = None, classes: tuple[str, ...] = ()
+) -> list[Record]:
+    """``records`` without repeated ids: a repeated sample id is an error naming both lines.
+
+    The same id twice would be trained on twice and, in a test set, scored
+    twice — and with two labels one of them is wrong. Under ``on_bad_sample:
+    skip`` the later record is dropped and counted.
+    """
+    first: dict[str, Record] = {}
+    out = []
+    for rec in records:
+        seen = first.setdefault(rec.id, rec)
+        if seen is rec:
+            out.append(rec)
+            continue
+        where = rec.source or name
+        def word(label: int) -> str:
+            return classes[label] if 0 <= label < len(classes) else str(label)
+
+        labels = "" if seen.label == rec.label else f" with another label ({word(seen.label)} there, {word(rec.label)} here)"
+        err = AnnotationError(f"{where}: sample id {rec.id!r} is listed twice{labels}; first at {seen.source or 'an earlier record'}")
+        if skips is None:
+            raise err
+        skips.bad(err)
+    return out
+
+
+def where(path: Path, line: int) -> str:
+    """``"path, line N"``: a record's :attr:`Record.source`."""
+    return f"{path}, line {line}"
+
+
+@contextmanager
+def open_text(path: Path) -> Iterator[TextIO]:
+    """An annotation file opened as UTF-8 text (a BOM is dropped); a file in another encoding is an
+    :class:`AnnotationError` naming it, wherever in the file the first undecodable byte is."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                if row and "".join(row).strip():
-                    yield reader.line_num, row
+            yield f
     except UnicodeDecodeError as err:
-        raise AnnotationError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        raise AnnotationError(path, None, f"not a UTF-8 text file ({err.reason}); save it as UTF-8") from None
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:

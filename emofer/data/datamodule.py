@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -32,7 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from emofer.data import DATASETS
 from emofer.data.errors import check_policy, summarise
 from emofer.data.pipeline import Box, ItemDataset, SampleProcessor, TransformPair, collate
-from emofer.data.sampler import BatchView, GroupedBatchSampler, mixture_weights
+from emofer.data.sampler import BatchView, GroupedBatchSampler, ResumableLoader, mixture_weights
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,10 @@ class EmoFERDataModule(LightningDataModule):
 
     def _loader_kwargs(self) -> dict[str, Any]:
         workers = self.cfg.num_workers
-        return {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": collate}
+        # an own generator: starting a loader's pass never draws from the global RNG (which a
+        # checkpoint restores for the model's dropout), so a resumed run draws what the first one did
+        generator = torch.Generator().manual_seed(self.seed)
+        return {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": collate, "generator": generator}
 
     # -- loaders ---------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -153,14 +157,15 @@ class EmoFERDataModule(LightningDataModule):
         labels = [_labels(ds) for ds in sets] if self.cfg.balanced_sampler else None
         weights = mixture_weights([len(ds) for ds in sets], self.weights, labels)  # type: ignore[arg-type]
         sampler = GroupedBatchSampler(groups, self.cfg.batch_size, weights, seed=self.seed)
-        return DataLoader(BatchView(ConcatDataset(items)), sampler=sampler, batch_size=None, **self._loader_kwargs())
+        return ResumableLoader(BatchView(ConcatDataset(items)), sampler=sampler, batch_size=None, **self._loader_kwargs())
 
     def _eval_loaders(self, part: str) -> list[DataLoader]:
         if part not in self.datasets:
             self.setup("validate" if part == "val" else "test")
         processor = self._processor(train=False)
         return [
-            DataLoader(ItemDataset(ds, processor, self.cfg.on_bad_sample), batch_size=self.cfg.eval_batch_size,
+            DataLoader(ItemDataset(ds, processor, self.cfg.on_bad_sample, replace=False),
+                       batch_size=self.cfg.eval_batch_size,
                        shuffle=False, **self._loader_kwargs())
             for ds in self.datasets[part]
         ]
@@ -188,7 +193,7 @@ class EmoFERDataModule(LightningDataModule):
         """Logs one warning counting the samples skipped under ``on_bad_sample: skip`` (then resets)."""
         if not self.bad_samples:
             return None
-        msg = summarise("emofer data", self.bad_samples)
+        msg = summarise("emofer data", list(dict.fromkeys(self.bad_samples)))  # a sample drawn twice counts once
         log.warning(msg)
         self.bad_samples = []
         return msg

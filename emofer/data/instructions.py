@@ -151,7 +151,9 @@ def read_llava_json(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not p.is_file():
         raise DataError(f"instruction file not found: {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise AnnotationError(p, None, f"not a UTF-8 text file ({err.reason}); save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise AnnotationError(p, err.lineno, f"not valid JSON ({err.msg})") from None
     if isinstance(data, dict):

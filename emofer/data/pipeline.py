@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from emofer.data.errors import BadSampleError, DataError, check_policy
 from emofer.data.instructions import make_prompt
-from emofer.data.media import is_video_file, load_image
+from emofer.data.media import is_video_file, load_image, to_rgb
 from emofer.data.video import read_video, sample_indices
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,14 @@ class SampleProcessor:
     def frames(self, sample: dict[str, Any], rng: np.random.Generator | None) -> tuple[list[Image.Image], list[int]]:
         """The sample's frames as RGB images, and which of its frames they are."""
         if "image" in sample:
-            return [sample["image"].convert("RGB")], [0]
+            return [to_rgb(sample["image"])], [0]
         media = sample.get("frames", sample.get("media"))
         if isinstance(media, (list, tuple)):
             if not media:
                 raise BadSampleError(str(sample.get("id")), "clip has no frames")
             idx = sample_indices(len(media), self.num_frames, self.train, rng, self.frame_sampling,
                                  self.folder_fps, self.fps)
-            return [m.convert("RGB") if isinstance(m, Image.Image) else load_image(m) for m in (media[i] for i in idx)], idx
+            return [to_rgb(m) if isinstance(m, Image.Image) else load_image(m) for m in (media[i] for i in idx)], idx
         if not isinstance(media, str):
             raise BadSampleError(str(sample.get("id")), f"no readable media (got {type(media).__name__})")
         if is_video_file(media):
@@ -119,6 +119,11 @@ class SampleProcessor:
                                 sample.get("id"))
                 return frames, None
         bounds = crop_bounds(box, frames[0].size, self.face_margin)
+        if bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
+            w, h = frames[0].size
+            where = f" (annotation: {sample['source']})" if sample.get("source") else ""
+            raise BadSampleError(_media_name(sample), f"face box (x, y, w, h) = {tuple(box)} lies outside the "
+                                                      f"{w}x{h} image{where}")
         return [f.crop(bounds) for f in frames], bounds
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +158,12 @@ class SampleProcessor:
         return item
 
 
+def _media_name(sample: dict[str, Any]) -> str:
+    """The file a sample was read from (its id when it has no file)."""
+    media = sample.get("media")
+    return media if isinstance(media, str) else str(sample.get("id"))
+
+
 def _is_image(media: Any) -> bool:
     return isinstance(media, str) and not is_video_file(media)
 
@@ -172,18 +183,22 @@ def _unit_landmarks(lm: np.ndarray, idx: list[int], bounds: Box | None, size: tu
 class ItemDataset(Dataset):
     """A data set seen through a :class:`SampleProcessor`, with the ``on_bad_sample`` policy.
 
-    Under ``skip`` a sample that cannot be read is replaced by the next good
-    one, and the item records what was skipped (``item["skipped"]``), so the
-    DataModule can count it and report once at the end.
+    Under ``skip`` a sample that cannot be read is, in training
+    (``replace=True``), replaced by the next good one; in evaluation
+    (``replace=False``) it becomes a placeholder that :func:`collate` drops, so
+    metrics never count a sample twice. Either way the item records what was
+    skipped (``item["skipped"]``), so it can be counted and reported once.
     """
 
     def __init__(
-        self, base: Dataset, processor: SampleProcessor, on_bad_sample: str = "error", max_tries: int = 16
+        self, base: Dataset, processor: SampleProcessor, on_bad_sample: str = "error", max_tries: int = 16,
+        replace: bool = True,
     ) -> None:
         self.base = base
         self.processor = processor
         self.policy = check_policy(on_bad_sample)
         self.max_tries = max_tries
+        self.replace = replace
         self.name = getattr(base, "name", type(base).__name__)
 
     def __len__(self) -> int:
@@ -200,6 +215,8 @@ class ItemDataset(Dataset):
                 if self.policy == "error":
                     raise
                 skipped.append(str(err))
+                if not self.replace:
+                    return {"bad": True, "skipped": skipped}
                 continue
             item["skipped"] = skipped
             return item
@@ -212,8 +229,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     Clips of different lengths (``fps`` sampling) are padded by repeating
     their last frame. ``landmarks`` (``[B,T,68,2]`` in ``[-1,1]``) is present
     when every item has them; ``attributes`` when any has them (-1 where
-    unknown); ``skipped`` lists bad samples replaced under ``on_bad_sample: skip``.
+    unknown); ``skipped`` lists bad samples skipped under ``on_bad_sample: skip``.
+    Placeholders of skipped evaluation samples are dropped: a batch of only
+    those has empty ``ids`` (and only ``ids``, ``targets`` and ``skipped``).
     """
+    skipped = [m for it in items for m in it.get("skipped", ())]
+    items = [it for it in items if not it.get("bad")]
+    if not items:
+        return {"ids": [], "targets": torch.zeros(0, dtype=torch.long), "skipped": skipped}
     classes = items[0]["classes"]
     if any(it["classes"] != classes for it in items):
         raise ValueError("a batch mixes data sets with different classes; group them (the train sampler does)")
@@ -235,7 +258,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         }
     if all("landmarks" in it for it in items):
         batch["landmarks"] = torch.stack([_pad(it["landmarks"], length) for it in items])
-    skipped = [m for it in items for m in it.get("skipped", ())]
     if skipped:
         batch["skipped"] = skipped
     return batch

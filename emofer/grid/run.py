@@ -42,6 +42,10 @@ _WAIT = "wait"
 CONTROLLER_FILE = "grid.json"
 
 
+class GridBusyError(RuntimeError):
+    """Another live grid controls the output folder."""
+
+
 @contextmanager
 def _controller(out: Path) -> Iterator[None]:
     """Records this process as the grid's controller in ``OUT/grid.json``; refuses a second live one."""
@@ -51,7 +55,7 @@ def _controller(out: Path) -> Iterator[None]:
         other = json.loads(path.read_text())
         mine = other.get("host") == socket.gethostname() and other.get("pid") not in (None, os.getpid())
         if mine and pid_alive(int(other["pid"])):
-            raise RuntimeError(f"another grid is running in {out} (process {other['pid']}, see {path})")
+            raise GridBusyError(f"another grid is running in {out} (process {other['pid']}, see {path})")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     atomic_write_text(path, json.dumps(me, indent=2) + "\n")
     yield

@@ -65,15 +65,22 @@ class Grid:
         """Reads a grid YAML file (or an already-parsed mapping) and expands it."""
         if isinstance(path_or_mapping, Mapping):
             raw = dict(path_or_mapping)
-            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw), _jobs(raw), launcher_section(raw))
+            jobs = _jobs(raw)
+            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw), jobs, launcher_section(raw))
         path = Path(path_or_mapping)
         if not path.exists():
             raise ConfigError(f"grid file {str(path)!r} does not exist")
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a grid file must be a mapping")
-        runs = expand(raw, root=path.parent)
-        return cls(str(raw.get("name", path.stem)), runs, _pretrain(raw), _jobs(raw), launcher_section(raw))
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            if not isinstance(raw, dict):
+                raise ConfigError("a grid file must be a mapping" + (" (this one is empty)" if not raw else ""))
+            jobs = _jobs(raw)
+            runs = expand(raw, root=path.parent)
+            return cls(str(raw.get("name", path.stem)), runs, _pretrain(raw), jobs, launcher_section(raw))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        except Exception as err:  # YAML syntax, interpolation
+            raise ConfigError(f"{path}: not a readable grid file ({' '.join(str(err).split())})") from None
 
 
 def _jobs(raw: Mapping[str, Any]) -> int:
@@ -209,6 +216,11 @@ def expand(raw: Mapping[str, Any], root: Path | None = None) -> list[RunSpec]:
     axes = raw.get("grid") or {}
     if not isinstance(axes, Mapping) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError("'grid:' maps dotted config keys to non-empty lists of values")
+    if not axes and not raw.get("runs") and raw.get("suite") is None:
+        raise ConfigError(
+            f"the grid names no runs (grid: {raw.get('grid')!r}, runs: {raw.get('runs')!r}); "
+            "give 'grid:' axes of values or a 'runs:' list"
+        )
     suite_points: list[tuple[list[str], dict[str, Any], dict[str, Any]]] = [([], {}, {})]
     if raw.get("suite") is not None:  # one run per (data set, fold) of an evaluation suite
         from emofer.suite import grid_points

@@ -16,6 +16,7 @@ from emofer.data.base import (
     require_file,
     require_root,
     resolve,
+    where,
 )
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 
@@ -78,8 +79,8 @@ class AffectNet(RecordDataset):
             try:
                 code = int(row[col["expression"]])
                 box = tuple(int(float(row[col[k]])) for k in ("face_x", "face_y", "face_width", "face_height"))
-            except ValueError:
-                skips.bad(AnnotationError(path, line, "expression and face box must be numbers"))
+            except (ValueError, OverflowError):
+                skips.bad(AnnotationError(path, line, "expression and face box must be finite numbers"))
                 continue
             if not 0 <= code <= 10:
                 skips.bad(AnnotationError(path, line, f"expression code {code} is outside 0..10"))
@@ -92,11 +93,12 @@ class AffectNet(RecordDataset):
                 continue
             try:
                 landmarks = _landmarks(row[col["facial_landmarks"]])
-            except ValueError:
-                skips.bad(AnnotationError(path, line, "facial_landmarks must be 136 numbers separated by ';'"))
+            except ValueError as err:
+                skips.bad(AnnotationError(path, line, f"facial_landmarks must be 136 finite numbers separated by ';' ({err})"))
                 continue
             rel = row[col["subDirectory_filePath"]]
-            records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks))  # type: ignore[arg-type]
+            records.append(Record(id=rel, media=str(images / rel), label=code, box=box, landmarks=landmarks,  # type: ignore[arg-type]
+                                  source=where(path, line)))
         if negative:
             log.info("affectnet %s: skipped %d row(s) with a negative face width or height", split, negative)
         log.debug("affectnet %s: dropped %d row(s) outside the %d-class protocol", split, dropped, protocol)
@@ -113,4 +115,6 @@ def _landmarks(text: str) -> np.ndarray | None:
     values = np.array([float(v) for v in text.split(";") if v.strip()], dtype=np.float32)
     if values.size != 136:
         raise ValueError(f"{values.size} values")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{int((~np.isfinite(values)).sum())} of them NaN or infinite")
     return values.reshape(68, 2)

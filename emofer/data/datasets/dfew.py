@@ -15,6 +15,7 @@ from emofer.data.base import (
     require_file,
     require_root,
     resolve,
+    where,
 )
 from emofer.data.errors import AnnotationError, SkipLog
 
@@ -72,5 +73,7 @@ class DFEW(RecordDataset):
             label = one_based_label(row[1].strip(), DFEW_CLASSES, path, line, skips)
             if label is not None:
                 name = f"{int(row[0]):05d}"
-                records.append(Record(id=name, media=FrameFolder(str(frames / name)), label=label))
+                records.append(
+                    Record(id=name, media=FrameFolder(str(frames / name)), label=label, source=where(path, line))
+                )
         super().__init__(records, DFEW_CLASSES, f"dfew{fold}-{split}", skips)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import numpy as np
 from PIL import Image
 
 from emofer.data import DATASETS
-from emofer.data.base import Record, RecordDataset, check_choice, require_file, require_root, resolve
+from emofer.data.base import (
+    Record,
+    RecordDataset,
+    check_choice,
+    open_text,
+    require_file,
+    require_root,
+    resolve,
+)
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 
 log = logging.getLogger(__name__)
@@ -115,7 +124,7 @@ class FERPlus(RecordDataset):
     def _votes(path: Path, usage: str, skips: SkipLog) -> list[tuple[str, int, int]]:
         """(image name, fer2013 row, label) of one split from ``fer2013new.csv``."""
         rows, empty = [], 0
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or header[:2] != ["Usage", "Image name"] or len(header) != 12:
@@ -137,7 +146,7 @@ class FERPlus(RecordDataset):
     def _legacy(path: Path, skips: SkipLog) -> list[tuple[str, int, int]]:
         """(image name, fer2013 row, label) from a per-folder ``name,box,votes...`` file."""
         rows = []
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             for row in reader:
                 line = reader.line_num
@@ -179,6 +188,8 @@ def _vote_row(path: Path, line: int, fields: list[str]) -> int | None:
         votes = [float(v) for v in fields]
     except ValueError:
         raise AnnotationError(path, line, "vote counts must be numbers") from None
+    if not all(math.isfinite(v) for v in votes):
+        raise AnnotationError(path, line, f"vote counts must be finite numbers, got {fields}")
     if any(v < 0 for v in votes):
         raise AnnotationError(path, line, "vote counts must not be negative")
     return majority_vote(votes)
@@ -193,7 +204,7 @@ def _read_pixels(path: Path, rows: list[int], usage: str, skips: SkipLog) -> tup
     want = {r: i for i, r in enumerate(rows)}
     out = np.zeros((len(rows), 2304), dtype=np.uint8)
     found, bad = 0, set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or "pixels" not in header or "Usage" not in header:

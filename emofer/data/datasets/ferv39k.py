@@ -14,6 +14,7 @@ from emofer.data.base import (
     require_file,
     require_root,
     resolve,
+    where,
 )
 from emofer.data.errors import SkipLog
 
@@ -57,7 +58,7 @@ class FERV39k(RecordDataset):
         frames = resolve(base, frame_dir)
         skips = SkipLog(f"ferv39k {split}", on_bad_sample)
         records = [
-            Record(id=name, media=FrameFolder(str(frames / name)), label=label)
-            for _, name, label in read_name_label_lines(path, FERV39K_CLASSES, skips)
+            Record(id=name, media=FrameFolder(str(frames / name)), label=label, source=where(path, line))
+            for line, name, label in read_name_label_lines(path, FERV39K_CLASSES, skips)
         ]
         super().__init__(records, FERV39K_CLASSES, f"ferv39k-{split}", skips)

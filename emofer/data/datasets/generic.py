@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from emofer.data import DATASETS
-from emofer.data.base import FrameFolder, Record, RecordDataset, require_file, resolve
+from emofer.data.base import FrameFolder, Record, RecordDataset, open_text, require_file, resolve, where
 from emofer.data.classes import canonical_classes, canonical_name
 from emofer.data.errors import AnnotationError, DataError, SkipLog
 from emofer.data.instructions import read_llava_json
@@ -60,7 +60,7 @@ class CSVDataset(RecordDataset):
         skips = SkipLog(f"csv {path.name}", on_bad_sample)
         rows: list[tuple[int, str, str, str]] = []
         tokens: list[str] = []
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             need = [path_column, label_column] + ([split_column] if split is not None else []) + (
                 [id_column] if id_column else []
@@ -99,9 +99,41 @@ class CSVDataset(RecordDataset):
                 if label < 0:
                     skips.bad(AnnotationError(path, line, f"unknown label {token!r}; expected one of {list(index)}"))
                     continue
-            records.append(Record(id=sid, media=_media(resolve(base, media)), label=label))
+            records.append(Record(id=sid, media=_media(resolve(base, media)), label=label, source=where(path, line)))
         self.video = bool(records) and all(not str(r.media).lower().endswith(IMAGE_EXTENSIONS) for r in records)
         super().__init__(records, classes, f"csv-{path.stem}" + (f"-{split}" if split else ""), skips)
+
+
+def llava_ids(path: Path, records: list[dict]) -> list[dict]:
+    """LLaVA records with unique ids, under the LLaVA-JSON duplicate policy.
+
+    LLaVA files ship several conversations about one picture under one id, so
+    a repeated id is allowed when it names the same media with another
+    question: the repeats become ``id#2``, ``id#3``... A repeated id with other
+    media, or with the same question (a contradicting or doubled answer), is
+    an :class:`AnnotationError` naming both records.
+    """
+    first: dict[str, dict] = {}
+    count: dict[str, int] = {}
+    out = []
+    for index, rec in enumerate(records):
+        rec = {**rec, "index": index}
+        seen = first.setdefault(rec["id"], rec)
+        if seen is not rec:
+            if seen["media"] != rec["media"]:
+                why = f"another media ({seen['media']!r} there, {rec['media']!r} here)"
+            elif seen["question"] == rec["question"]:
+                why = "the same question" + ("" if seen["answer"] == rec["answer"] else
+                                            f" and another answer ({seen['answer']!r} there, {rec['answer']!r} here)")
+            else:
+                why = None
+            if why is not None:
+                raise AnnotationError(path, None, f"record {index}: id {rec['id']!r} repeats record {seen['index']} "
+                                                  f"with {why}")
+            count[rec["id"]] = count.get(rec["id"], 1) + 1
+            rec["id"] = f"{rec['id']}#{count[rec['id']]}"
+        out.append(rec)
+    return out
 
 
 @DATASETS.register("llava-json")
@@ -130,12 +162,12 @@ class LLaVAJSON(RecordDataset):
         index = {c: i for i, c in enumerate(names)}
         records = []
         kinds = set()
-        for rec in read_llava_json(path):
+        for rec in llava_ids(path, read_llava_json(path)):
             kinds.add(rec["video"])
             label = index.get(canonical_name(rec["answer"].rstrip(".")) or "", -1)
             records.append(
                 Record(id=rec["id"], media=_media(resolve(base, rec["media"])), label=label,
-                       question=rec["question"], answer=rec["answer"])
+                       question=rec["question"], answer=rec["answer"], source=f"{path}, record {rec['index']}")
             )
         if len(kinds) > 1:
             raise DataError(f"{path}: mixes image and video records; split them into two files")

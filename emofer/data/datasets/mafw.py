@@ -15,6 +15,7 @@ from emofer.data.base import (
     require_file,
     require_root,
     resolve,
+    where,
 )
 from emofer.data.errors import SkipLog
 
@@ -59,8 +60,8 @@ class MAFW(RecordDataset):
         frames = resolve(base, frame_dir) if frame_dir else None
         skips = SkipLog(f"mafw fold {fold} {split}", on_bad_sample)
         records = []
-        for _, name, label in read_name_label_lines(path, MAFW_CLASSES, skips):
+        for line, name, label in read_name_label_lines(path, MAFW_CLASSES, skips):
             stem = Path(name).stem
             media = FrameFolder(str(frames / stem)) if frames is not None else str(clips / name)
-            records.append(Record(id=stem, media=media, label=label))
+            records.append(Record(id=stem, media=media, label=label, source=where(path, line)))
         super().__init__(records, MAFW_CLASSES, f"mafw{fold}-{split}", skips)

@@ -15,6 +15,7 @@ from emofer.data.base import (
     require_file,
     require_root,
     resolve,
+    where,
 )
 from emofer.data.errors import AnnotationError, SkipLog
 
@@ -69,5 +70,9 @@ class RAFDB(RecordDataset):
             label = one_based_label(token, RAFDB_CLASSES, labels, line, skips)
             if label is not None:
                 stem, ext = Path(name).stem, Path(name).suffix or ".jpg"
-                records.append(Record(id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=label))
+                records.append(
+                    Record(
+                        id=stem, media=str(images / f"{stem}{image_suffix}{ext}"), label=label, source=where(labels, line)
+                    )
+                )
         super().__init__(records, RAFDB_CLASSES, f"rafdb-{split}", skips)
