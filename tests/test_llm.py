@@ -233,72 +233,103 @@ def test_shared_prefix_score_with_lora_and_single_token_candidates() -> None:
     torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-4, rtol=0)
 
 
-def test_score_runs_the_prefix_once(head: CausalLMHead) -> None:
-    calls: list[int] = []
-    hook = head.model.model.layers[0].register_forward_hook(lambda m, a, out: calls.append(a[0].shape[1]))
+def test_score_runs_one_packed_pass(head: CausalLMHead) -> None:
+    calls: list[tuple[int, ...]] = []
+    hook = head.model.model.layers[0].register_forward_hook(lambda m, a, out: calls.append(tuple(a[0].shape[:2])))
     try:
         with torch.no_grad():
             head.score(visual(3), QUESTIONS, CANDIDATES)
     finally:
         hook.remove()
-    longest = max(len(head.answer_ids(c)) for c in CANDIDATES)
+    fed = sum(len(head.answer_ids(c)) - 1 for c in CANDIDATES)
     prefix = int(head.pack(5, QUESTIONS).lengths.max())
-    assert calls == [prefix, longest - 1]  # one prefix pass, one pass over all candidates
+    assert calls == [(3, prefix + fed)]  # one pass: B rows of prefix + every candidate, not B*C rows
+
+
+def test_block_mask_keeps_candidates_apart() -> None:
+    layout = decoding.candidate_layout(torch.tensor([[7, 8, 9], [5, 6, 0], [4, 0, 0]]),
+                                       torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert layout["ids"].tolist() == [7, 8, 5] and layout["target"].tolist() == [8, 9, 6]
+    mask = decoding.block_mask(torch.tensor([[1, 1, 0]]), layout["owner"], layout["offset"], "sdpa", torch.float32)
+    assert mask.shape == (1, 1, 6, 6)
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],  # the prefix's padding row sees the real prefix only
+        [1, 1, 0, 1, 0, 0],  # candidate 0, token 0: the real prefix and itself
+        [1, 1, 0, 1, 1, 0],  # candidate 0, token 1
+        [1, 1, 0, 0, 0, 1],  # candidate 1, token 0: not candidate 0
+    ]
+    additive = decoding.block_mask(torch.tensor([[1, 1, 0]]), layout["owner"], layout["offset"], "eager",
+                                   torch.float32)
+    assert torch.equal(additive == 0, mask)
+
+
+def test_score_refuses_attention_without_block_masks(head: CausalLMHead) -> None:
+    head.model.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="flash_attention_2"):
+            head.score(visual(3), QUESTIONS, CANDIDATES)
+    finally:
+        head.model.config._attn_implementation = "sdpa"
 
 
 # -- generation -------------------------------------------------------------
-def test_generate_batch_matches_single_and_uncached_greedy(head: CausalLMHead) -> None:
+def uncached_greedy(head: CausalLMHead, tokens: torch.Tensor, question: str, steps: int) -> str:
+    """Greedy decoding of one sample without any cache or padding: the whole sequence every step."""
+    packed = head.pack(tokens.shape[1], [question])
+    embeds = head.model.get_input_embeddings()(packed.input_ids)
+    embeds = embeds.masked_scatter(packed.visual_mask[..., None], tokens)
+    stop_ids, _ = head.stop_tokens()
+    ids: list[int] = []
+    for _ in range(steps):
+        nxt = int(head.model(inputs_embeds=embeds).logits[0, -1].argmax())
+        if nxt in stop_ids:
+            break
+        ids.append(nxt)
+        embeds = torch.cat([embeds, head.model.get_input_embeddings().weight[nxt][None, None]], dim=1)
+    return head.template.clean(head.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("template", sorted(PROMPT_TEMPLATES))
+def test_generate_equals_uncached_greedy(template: str, lora: bool) -> None:
+    torch.manual_seed(0)
+    head = CausalLMHead(path="tiny-llama", template=template,
+                        lora={"r": 4, "alpha": 8, "dropout": 0.0} if lora else None).eval()
     tokens = visual(3, seed=3)
     with torch.no_grad():
-        batched = head.generate(tokens, QUESTIONS, max_new_tokens=5)
-        singles = [head.generate(tokens[i : i + 1], [QUESTIONS[i]], max_new_tokens=5)[0] for i in range(3)]
-        packed = head.pack(5, QUESTIONS[:1])
-        embeds = head.model.get_input_embeddings()(packed.input_ids)
-        embeds = embeds.masked_scatter(packed.visual_mask[..., None], tokens[:1])
-        ids = []
-        for _ in range(5):  # greedy without any cache: the whole sequence every step
-            nxt = int(head.model(inputs_embeds=embeds).logits[0, -1].argmax())
-            if nxt == head.tokenizer.eos_token_id:
-                break
-            ids.append(nxt)
-            embeds = torch.cat([embeds, head.model.get_input_embeddings().weight[nxt][None, None]], dim=1)
-    assert batched == singles
-    assert batched[0] == head.template.clean(head.tokenizer.decode(ids, skip_special_tokens=True))
+        if lora:
+            for name, p in head.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        batched = head.generate(tokens, QUESTIONS, max_new_tokens=6)
+        singles = [head.generate(tokens[i : i + 1], [QUESTIONS[i]], max_new_tokens=6)[0] for i in range(3)]
+        reference = [uncached_greedy(head, tokens[i : i + 1], QUESTIONS[i], 6) for i in range(3)]
+    assert batched == singles == reference
+    assert any(batched), "the tiny model should produce some text"
 
 
-class _Scripted(nn.Module):
-    """A fake causal LM whose next token follows a script (row b emits script[b][step])."""
-
-    def __init__(self, script: list[list[int]], vocab: int = 10) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, 4)
-        self.script, self.vocab, self.step = script, vocab, 1
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.emb
-
-    def forward(
-        self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False, logits_to_keep=0
-    ):
-        assert attention_mask.shape[1] == 3 + self.step and position_ids.tolist() == [
-            [2 + self.step],
-            [1 + self.step],
-        ]
-        logits = torch.full((len(self.script), 1, self.vocab), -1.0)
-        for b, row in enumerate(self.script):
-            logits[b, 0, row[min(self.step, len(row) - 1)]] = 1.0
-        self.step += 1
-        return type("Out", (), {"logits": logits})()
+def test_generate_stops_rows_independently(head: CausalLMHead) -> None:
+    """Rows end at their own stop id; a row that never stops runs to the budget."""
+    tokens = visual(3, seed=4)
+    with torch.no_grad():
+        packed, embeds = head._prompt(tokens, QUESTIONS)
+        free = decoding.generate(head.model, embeds, packed.attention_mask, packed.lengths, 4, set(), 0)
+        assert [len(r) for r in free] == [4, 4, 4]
+        stop = free[1][1]  # make row 1's second token a stop: row 1 ends there, the others go on
+        rows = decoding.generate(head.model, embeds, packed.attention_mask, packed.lengths, 4, {stop}, 0)
+    assert rows[1] == free[1][:1]
+    for r, f in zip(rows, free, strict=True):
+        assert r == f[: f.index(stop)] if stop in f else r == f
 
 
-def test_greedy_stops_rows_independently() -> None:
-    script = [[5, 2, 7, 7], [6, 7, 8, 9]]  # row 0 ends at eos (2); row 1 runs to the budget
-    lm = _Scripted(script)
-    first = torch.full((2, 10), -1.0)
-    first[0, 5] = first[1, 6] = 1.0
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    rows = decoding.greedy(lm, first, None, mask, torch.tensor([3, 2]), 3, {2}, pad_id=0)
-    assert rows == [[5], [6, 7, 8]]
+def test_left_pad_moves_rows_to_the_right_edge() -> None:
+    embeds = torch.arange(6.0).view(2, 3, 1)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    moved, moved_mask = decoding.left_pad(embeds, mask, torch.tensor([2, 3]))
+    assert moved_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert moved[0, 1:, 0].tolist() == [0.0, 1.0] and moved[1, :, 0].tolist() == [3.0, 4.0, 5.0]
 
 
 # -- label parsing -----------------------------------------------------------

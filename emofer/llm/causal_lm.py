@@ -25,8 +25,9 @@ class CausalLMHead(LLMHead):
 
     The prompt template renders each question; the visual tokens replace the
     ``<image>`` marker as embeddings; the loss covers answer tokens only.
-    ``score`` runs the image + prompt prefix once and reuses its KV cache for
-    every candidate; ``generate`` decodes greedily.
+    ``score`` runs the image + prompt prefix once and every candidate behind
+    it in the same pass; ``generate`` decodes greedily through transformers'
+    ``generate``.
 
     Args:
         path: a local directory, a hub id (found in the local cache unless
@@ -39,7 +40,8 @@ class CausalLMHead(LLMHead):
         template: the prompt template (set through ``model.prompt.template``).
         system: system prompt; None keeps the template's.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``.
-        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"``.
+        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"``
+            (``score`` needs ``sdpa`` or ``eager``: it passes a block attention mask).
         gradient_checkpointing: recompute activations in the backward pass.
         lora: peft ``LoraConfig`` keywords (``{r, alpha, dropout,
             target_modules, use_dora, ...}``; defaults Emotion-LLaMA's
@@ -280,44 +282,51 @@ class CausalLMHead(LLMHead):
         logprobs, _ = self._answer_token_logprobs(tokens, questions, answers)
         return -logprobs.mean()
 
-    def _prefill(self, tokens: torch.Tensor, questions: list[str]) -> tuple[PackedBatch, torch.Tensor, Any]:
+    def _prompt(self, tokens: torch.Tensor, questions: list[str]) -> tuple[PackedBatch, torch.Tensor]:
         self._check(tokens, questions)
         packed = self.pack(tokens.shape[1], questions)
-        last, cache = decoding.prefill(
-            self.model, self._embed(packed, tokens), packed.attention_mask, packed.lengths
-        )
-        return packed, last, cache
+        return packed, self._embed(packed, tokens)
 
     def score(self, tokens: torch.Tensor, questions: list[str], candidates: list[str]) -> torch.Tensor:
         """Log-likelihood ``[B,C]`` of each candidate answer turn (its tokens summed, end marker included).
 
-        The image + prompt prefix runs once per sample; its KV cache is expanded
-        over the candidates, which run together in one padded batch.
+        One pass per batch: each sample's image + prompt prefix followed by
+        every candidate, a block attention mask keeping the candidates apart
+        (no KV cache is kept or copied; see :mod:`emofer.llm.decoding`).
         """
-        packed, last, cache = self._prefill(tokens, questions)
+        packed, embeds = self._prompt(tokens, questions)
         ids, mask = pad_ids([self.answer_ids(c) for c in candidates], self.tok.pad_token_id, self._device)
         return decoding.score_candidates(
-            self.model, last, cache, packed.attention_mask, packed.lengths, ids, mask
+            self.model, embeds, packed.attention_mask, packed.lengths, ids, mask
         )
 
-    @torch.no_grad()
-    def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
-        """Greedy answers (at most ``max_new_tokens`` tokens), cut at the template's end marker."""
-        packed, last, cache = self._prefill(tokens, questions)
+    def stop_tokens(self) -> tuple[set[int], tuple[str, ...]]:
+        """What ends a generated answer: stop ids (EOS, one-token stop markers) and multi-token stop strings."""
         stop_ids = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
+        strings = []
         for stop in self.template.stop:
             ids = self.tok(stop, add_special_tokens=False)["input_ids"]
             if len(ids) == 1:
                 stop_ids.add(ids[0])
-        rows = decoding.greedy(
+            else:
+                strings.append(stop)
+        return stop_ids, tuple(strings)
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers (at most ``max_new_tokens`` tokens) by the model's ``generate``, cut at the end marker."""
+        packed, embeds = self._prompt(tokens, questions)
+        stop_ids, stop_strings = self.stop_tokens()
+        rows = decoding.generate(
             self.model,
-            last,
-            cache,
+            embeds,
             packed.attention_mask,
             packed.lengths,
             max_new_tokens,
             stop_ids,
             self.tok.pad_token_id,
+            stop_strings,
+            self.tok,
         )
         texts = self.tok.batch_decode(rows, skip_special_tokens=True)
         return [self.template.clean(t) for t in texts]

@@ -1,32 +1,27 @@
-"""Shared-prefix label scoring and greedy decoding over a Hugging Face causal LM's KV cache.
+"""Label scoring in one packed pass, and greedy generation through transformers' ``GenerationMixin``.
 
-The image + prompt prefix runs once (:func:`prefill`); its cache is then
-expanded over the candidates, which run together as one right-padded batch
-(:func:`score_candidates`), or extended token by token (:func:`greedy`).
-Prefixes of different lengths sit right-padded in the cache; every later
-step masks the padding gap, and positions continue from each row's own
-length, so a padded batch gives the same numbers as one sample at a time.
+Scoring (:func:`score_candidates`) runs each sample's image + prompt prefix
+and every candidate answer in **one** sequence: ``prefix | candidate 1 |
+candidate 2 | ...``. A block attention mask lets each candidate token see
+its sample's real prefix positions and the earlier tokens of its own
+candidate, nothing else; positions restart at the prefix's end for every
+candidate. The prefix runs once per sample and no KV cache is kept or
+copied, so a ``score`` call holds no more than a prefill of ``B`` rows
+(the candidates add ``sum(len - 1)`` positions per row, ~10 % of a prompt).
+
+Generation (:func:`generate`) hands left-padded prompt embeddings to the
+model's own ``generate`` (greedy, stop at any stop id or stop string);
+cutting rows at their stop and parsing labels stay with the caller.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-
-def _cache_keyword(lm: Any) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier releases)."""
-    params = inspect.signature(lm.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def new_cache(lm: Any) -> Any:
-    """An empty ``DynamicCache`` laid out for ``lm``'s layers."""
-    from transformers import DynamicCache
-
-    return DynamicCache(config=lm.config)
+BLOCK_MASK_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take the custom 4D mask :func:`score_candidates` builds."""
 
 
 def forward(
@@ -34,98 +29,147 @@ def forward(
     embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
-    cache: Any = None,
     logits_to_keep: int | torch.Tensor = 0,
 ) -> torch.Tensor:
-    """Logits of ``lm`` on ``embeds``, extending ``cache`` in place when one is given."""
-    kwargs = {_cache_keyword(lm): cache} if cache is not None else {}
+    """Logits of ``lm`` on ``embeds`` (no cache); ``logits_to_keep`` selects positions."""
     out = lm(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        use_cache=cache is not None,
+        use_cache=False,
         logits_to_keep=logits_to_keep,
-        **kwargs,
     )
     return out.logits
 
 
-def prefill(
-    lm: Any, embeds: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor
-) -> tuple[torch.Tensor, Any]:
-    """Runs right-padded prefixes once: ``(next-token logits [B,V] at each row's end, cache)``."""
-    cache = new_cache(lm)
-    last = lengths - 1
-    keep, where = torch.unique(last, return_inverse=True)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = forward(lm, embeds, attention_mask, position_ids, cache, logits_to_keep=keep)
-    rows = torch.arange(embeds.shape[0], device=embeds.device)
-    return logits[rows, where].float(), cache
+def candidate_layout(candidate_ids: torch.Tensor, candidate_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where each candidate's tokens go in the packed tail.
+
+    A candidate of ``k`` tokens feeds its first ``k - 1`` (the last token's own
+    prediction is never needed). Returns ``ids``, ``owner`` (candidate index),
+    ``offset`` (position within the candidate) and ``target`` (the token each
+    fed position predicts), all ``[Q]`` with ``Q = sum(k - 1)``.
+    """
+    lengths = candidate_mask.sum(1)
+    if bool((lengths == 0).any()):
+        raise ValueError("score: every candidate needs at least one token")
+    feed = candidate_mask.clone()
+    feed[torch.arange(len(lengths), device=lengths.device), lengths - 1] = 0
+    owner, offset = feed.nonzero(as_tuple=True)
+    return {
+        "ids": candidate_ids[owner, offset],
+        "owner": owner,
+        "offset": offset,
+        "target": candidate_ids[owner, offset + 1],
+    }
+
+
+def block_mask(prefix_mask: torch.Tensor, owner: torch.Tensor, offset: torch.Tensor, kind: str, dtype: torch.dtype
+               ) -> torch.Tensor:
+    """The ``[B,1,P+Q,P+Q]`` attention mask of prefixes followed by packed candidates.
+
+    Prefix rows are causal over their real positions; a candidate token sees
+    the real prefix and its own candidate's earlier tokens. ``kind`` is the
+    attention implementation: a boolean mask (True = attend) for ``sdpa``,
+    an additive float mask for ``eager``.
+    """
+    batch, width = prefix_mask.shape
+    q, device = len(owner), prefix_mask.device
+    size = width + q
+    allowed = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+    allowed[width:, width:] = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+    allowed[width:, :width] = True
+    real = torch.cat([prefix_mask.bool(), torch.ones(batch, q, dtype=torch.bool, device=device)], dim=1)
+    mask = (allowed[None] & real[:, None, :])[:, None]
+    if kind == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def score_candidates(
     lm: Any,
-    last_logits: torch.Tensor,
-    cache: Any,
+    embeds: torch.Tensor,
     prefix_mask: torch.Tensor,
     lengths: torch.Tensor,
     candidate_ids: torch.Tensor,
     candidate_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Summed log-likelihood ``[B,C]`` of each candidate continuation after each prefix.
+    """Summed log-likelihood ``[B,C]`` of each candidate continuation after each prefix, in one pass.
 
     Args:
-        lm: the causal LM the prefix ran through.
-        last_logits: ``[B,V]`` from :func:`prefill`.
-        cache: the prefix cache from :func:`prefill`; expanded in place to ``B*C`` rows.
-        prefix_mask: ``[B,P]`` the prefixes' attention mask.
+        lm: a Hugging Face causal LM whose attention takes a 4D mask (``sdpa`` or ``eager``).
+        embeds: ``[B,P,D]`` right-padded prefix embeddings (visual tokens spliced in).
+        prefix_mask: ``[B,P]`` 1 at real prefix positions.
         lengths: ``[B]`` the prefixes' real lengths.
         candidate_ids: ``[C,K]`` right-padded token ids of the candidates.
         candidate_mask: ``[C,K]`` 1 at real candidate tokens.
     """
-    batch, num_cand = last_logits.shape[0], candidate_ids.shape[0]
-    ids = candidate_ids.repeat(batch, 1)  # row b*C + j is candidate j of sample b
-    mask = candidate_mask.repeat(batch, 1)
-    first = last_logits.log_softmax(-1).repeat_interleave(num_cand, dim=0)
-    total = first.gather(1, ids[:, :1]).squeeze(1)
-    if ids.shape[1] > 1:
-        cache.batch_repeat_interleave(num_cand)
-        steps = ids.shape[1] - 1  # the last token's own prediction is never needed
-        full_mask = torch.cat([prefix_mask.repeat_interleave(num_cand, dim=0), mask[:, :steps]], dim=1)
-        start = lengths.repeat_interleave(num_cand)[:, None]
-        position_ids = start + torch.arange(steps, device=ids.device)
-        embeds = lm.get_input_embeddings()(ids[:, :steps])
-        logits = forward(lm, embeds, full_mask, position_ids, cache)
-        rest = logits.float().log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(2)
-        total = total + (rest * mask[:, 1:]).sum(-1)
-    return total.view(batch, num_cand)
+    kind = getattr(lm.config, "_attn_implementation", None) or "eager"
+    if kind not in BLOCK_MASK_ATTENTION:
+        raise ValueError(
+            f"score packs the candidates behind a block attention mask, which attn_implementation={kind!r} "
+            f"cannot take; build the causal-lm with one of {BLOCK_MASK_ATTENTION}"
+        )
+    batch, width = prefix_mask.shape
+    layout = candidate_layout(candidate_ids, candidate_mask)
+    q = len(layout["ids"])
+    tail = lm.get_input_embeddings()(layout["ids"]).to(embeds.dtype)
+    packed = torch.cat([embeds, tail[None].expand(batch, q, -1)], dim=1)
+    prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = torch.cat([prefix_pos, lengths[:, None] + layout["offset"][None]], dim=1)
+    mask = block_mask(prefix_mask, layout["owner"], layout["offset"], kind, embeds.dtype)
+    last, where = torch.unique(lengths - 1, return_inverse=True)
+    keep = torch.cat([last, torch.arange(width, width + q, device=last.device)])
+    logits = forward(lm, packed, mask, position_ids, logits_to_keep=keep)
+    rows = torch.arange(batch, device=embeds.device)
+    first = logits[rows, where].float().log_softmax(-1)
+    total = first[:, candidate_ids[:, 0]]
+    if q:
+        rest = logits[:, len(last) :].float().log_softmax(-1)
+        picked = rest.gather(2, layout["target"][None, :, None].expand(batch, q, 1)).squeeze(2)
+        total = total.index_add(1, layout["owner"], picked)
+    return total
+
+
+def left_pad(embeds: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[B,L,D]`` embeddings and ``[B,L]`` mask moved to left padding (rows end together)."""
+    width = mask.shape[1]
+    shift = (width - lengths)[:, None]
+    index = (torch.arange(width, device=mask.device)[None] - shift) % width
+    moved = embeds.gather(1, index[..., None].expand_as(embeds))
+    return moved, mask.gather(1, index)
 
 
 @torch.no_grad()
-def greedy(
+def generate(
     lm: Any,
-    last_logits: torch.Tensor,
-    cache: Any,
-    prefix_mask: torch.Tensor,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
     lengths: torch.Tensor,
     max_new_tokens: int,
     stop_ids: set[int],
     pad_id: int,
+    stop_strings: tuple[str, ...] = (),
+    tokenizer: Any = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each prefix; a row ends at a stop id (not returned) or after ``max_new_tokens``."""
-    batch, device = last_logits.shape[0], last_logits.device
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    mask, generated = prefix_mask, []
-    for step in range(max_new_tokens):
-        token = last_logits.argmax(-1).masked_fill(done, pad_id)
-        generated.append(token)
-        done = done | torch.isin(token, stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        embeds = lm.get_input_embeddings()(token[:, None])
-        position_ids = (lengths + step)[:, None]
-        last_logits = forward(lm, embeds, mask, position_ids, cache)[:, -1].float()
-    rows = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(batch)]
+    """Greedy continuation of each right-padded prefix by ``lm.generate``.
+
+    A row ends at a stop id (not returned), a stop string (``tokenizer``
+    needed; its tokens are returned, the caller cuts the text) or after
+    ``max_new_tokens``.
+    """
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stop_ids) or None,
+        pad_token_id=pad_id,
+        stop_strings=list(stop_strings) or None,
+    )
+    left_embeds, left_mask = left_pad(embeds, mask, lengths)
+    extra = {"tokenizer": tokenizer} if stop_strings else {}
+    out = lm.generate(inputs_embeds=left_embeds, attention_mask=left_mask, generation_config=config, **extra)
+    rows = out.tolist() if out.numel() else [[] for _ in range(len(lengths))]
     return [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
