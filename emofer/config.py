@@ -148,6 +148,9 @@ class TrainConfig:
     init_from: str | None = field(
         default=None, metadata=_help("a save_pretrained (or run) folder whose weights this run starts from")
     )
+    compile: bool = field(
+        default=False, metadata=_help("torch.compile the parts that train (LLM layers one by one); slower start")
+    )
     init_missing: InitMissing = field(
         default="error",
         metadata=_help("weights of this model that init_from lacks: 'error', or 'keep' them at initialisation"),

@@ -112,6 +112,7 @@ def build_system(
         eval_mode=cfg.eval.mode,
         max_new_tokens=cfg.eval.max_new_tokens,
         feature_cache=feature_cache,
+        compile=t.compile,
     )
 
 

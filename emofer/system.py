@@ -48,6 +48,40 @@ log = logging.getLogger(__name__)
 
 
 
+def compile_trained(model: EmoFERModel, **options: Any) -> list[str]:
+    """``torch.compile``s, in place, the parts of ``model`` that train now (``train.compile``).
+
+    A part built of repeated blocks (the LLM's decoder layers: an
+    ``nn.ModuleList`` of one class) has each block compiled, so one graph
+    serves every layer and start-up pays for one layer (regional
+    compilation); any other trained part is compiled whole. Frozen parts run
+    eagerly. ``Module.compile`` keeps state-dict keys as they are, so
+    checkpoints and ``save_pretrained`` do not change. Compilation happens at
+    the first step (tens of seconds on a CPU). ``options`` go to ``torch.compile``
+    (e.g. ``backend``). Returns what was compiled.
+    """
+    done = []
+    for name, part in model.parts().items():
+        if not any(p.requires_grad for p in part.parameters()):
+            continue
+        blocks = max(
+            (m for m in part.modules() if isinstance(m, nn.ModuleList) and len(m) > 1
+             and len({type(c) for c in m}) == 1 and any(True for _ in m[0].parameters())),
+            key=len, default=None,
+        )
+        if blocks is not None:
+            for block in blocks:
+                block.compile(**options)
+            done.append(f"{name}: {len(blocks)} x {type(blocks[0]).__name__}")
+        else:
+            for module in part if isinstance(part, nn.ModuleList) else [part]:
+                if any(True for _ in module.parameters()):
+                    module.compile(**options)
+                    done.append(f"{name}: {type(module).__name__}")
+    log.info("train.compile: %s", "; ".join(done) or "nothing trains")
+    return done
+
+
 @dataclass(frozen=True)
 class Stage:
     """One training stage: the parts that train, for how long, at which learning rates.
@@ -133,6 +167,7 @@ class EmoFERSystem(L.LightningModule):
         eval_mode: ``score``, ``generate`` or ``classifier``.
         max_new_tokens: answer length in ``generate`` mode.
         feature_cache: serves the frozen encoder/prior outputs from disk.
+        compile: ``torch.compile`` the parts that train (:func:`compile_trained`).
     """
 
     def __init__(
@@ -149,6 +184,7 @@ class EmoFERSystem(L.LightningModule):
         eval_mode: str = "score",
         max_new_tokens: int = 8,
         feature_cache: FeatureCache | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if eval_mode not in EVAL_MODES:
@@ -186,6 +222,7 @@ class EmoFERSystem(L.LightningModule):
         self._active_stage: int | None = None
         self.test_results: dict[str, Any] | None = None
         self.test_records: list[dict[str, Any]] = []
+        self.compiled = compile_trained(model) if compile else []
 
     def set_eval_classes(self, classes: Sequence[str]) -> None:
         """Evaluates against ``classes`` from now on (e.g. the next test set's, in its order)."""

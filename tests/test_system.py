@@ -381,3 +381,38 @@ def test_feature_cache_of_the_prior_alone_runs_the_trainable_encoder(emo_llama_t
         assert cache.changed == 0 and cache.hits == 8
     finally:
         model.set_frozen(["encoder", "face_prior"])
+
+
+def test_compile_trained_compiles_llm_layers_one_by_one_and_keeps_the_loss():
+    """train.compile: each decoder layer and the trained fusion compiled in place, same loss, same keys."""
+    import emofer
+    from emofer.system import compile_trained
+
+    cfg = emofer.load_config("emo-llama-tiny", ["model.freeze=[encoder,face_prior]"])
+    torch.manual_seed(0)
+    model = emofer.build_model(cfg).train()
+    keys = set(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "ids": ["a", "b"],
+        "pixels": torch.randn(2, 1, 3, 32, 32, generator=g),
+        "face_pixels": torch.randn(2, 1, 3, 32, 32, generator=g),
+        "questions": ["Which expression?"] * 2,
+        "answers": ["fear", "anger"],
+        "classes": list(model.classes),
+        "targets": torch.tensor([1, 5]),
+        "attributes": {"age": torch.tensor([1, 2]), "gender": torch.tensor([0, 1]), "race": torch.tensor([0, 2])},
+    }
+    model.cfg.prompt.agr = False
+    eager = model(batch)
+    # the eager backend traces with dynamo (graph breaks and all) without inductor's minute of C++ builds
+    done = compile_trained(model, backend="eager")
+    layers = model.llm.model.model.layers
+    assert done == [f"fusion: {type(model.fusion).__name__}", f"llm: {len(layers)} x {type(layers[0]).__name__}"]
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert model.encoder._compiled_call_impl is None  # frozen parts run eagerly
+    compiled = model(batch)
+    torch.testing.assert_close(compiled, eager)
+    compiled.backward()
+    assert set(model.state_dict()) == keys
+    assert any(p.grad is not None for p in model.fusion.parameters())
