@@ -5,6 +5,19 @@ ids (emofer's own packing, with the visual slots marked for LLaVA) and the
 same labels, and are timed alternately in one process so machine noise hits
 both alike. A loss check proves they compute the same thing.
 
+Two loss settings for LLaVA, both timed against the same emofer step:
+
+* ``llava`` (same loss work as emofer): the LM head runs only over the
+  window of positions that predict an answer token (``logits_to_keep``) and
+  the cross-entropy covers the answer tokens, as emofer's loss does;
+* ``llava-full`` (transformers' default ``labels=`` loss): the LM head over
+  every position and the cross-entropy's log-softmax over every logit.
+
+``train.compile`` (emofer's LLM decoder layers and trained fusion compiled,
+:func:`emofer.system.compile_trained`) is timed against the eager step in
+the same rounds, at ``tiny`` and ``small`` (``--compile off`` skips it); its
+first step, compilation included, is reported as start-up time.
+
 Two vision-layer settings are measured:
 
 * ``layer -2`` (what both libraries do for LLaVA-1.5): both read the
@@ -27,7 +40,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Record, alternate, paired_ratio, parser, report, setup  # noqa: E402
+from _common import Record, alternate, parser, ratio_record, report, setup  # noqa: E402
 
 TARGET_RATIO = 1.05
 
@@ -160,6 +173,17 @@ def llava_inputs(emofer_model: Any, batch: dict[str, Any], image_token_id: int) 
     }
 
 
+def answer_window_loss(llava: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """LLaVA's loss with emofer's loss work: LM head over the answer window, cross-entropy on answer tokens."""
+    targets = inputs["labels"][:, 1:]
+    where = targets != -100
+    cols = where.any(0).nonzero().squeeze(1)
+    keep = torch.arange(int(cols[0]), int(cols[-1]) + 1)
+    args = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = llava(**args, logits_to_keep=keep).logits
+    return torch.nn.functional.cross_entropy(logits[where[:, keep]].float(), targets[:, keep][where[:, keep]])
+
+
 def train_step(loss_fn: Any, params: list[torch.nn.Parameter]) -> float:
     loss = loss_fn()
     loss.backward()
@@ -168,9 +192,13 @@ def train_step(loss_fn: Any, params: list[torch.nn.Parameter]) -> float:
     return float(loss.detach())
 
 
-def measure_layer(name: str, size: dict[str, Any], layer: int, rounds: int, fim: bool) -> list[Record]:
-    """emofer vs LLaVA at one vision-layer setting (and emofer + Face Info Mining with ``fim``)."""
+def measure_layer(name: str, size: dict[str, Any], layer: int, rounds: int, fim: bool, compile_: bool
+                  ) -> list[Record]:
+    """emofer vs LLaVA at one vision-layer setting (+ Face Info Mining with ``fim``, + compiled with ``compile_``)."""
+    import time
+
     import emofer
+    from emofer.system import compile_trained
 
     torch.manual_seed(0)
     ours = emofer.build_model(emofer_config(size, layer)).train()
@@ -178,14 +206,17 @@ def measure_layer(name: str, size: dict[str, Any], layer: int, rounds: int, fim:
     batch = make_batch(ours, size)
     inputs = llava_inputs(ours, batch, llava.config.image_token_id)
     with torch.no_grad():
-        ours_loss, llava_loss = float(ours(batch)), float(llava(**inputs).loss)
-    if abs(ours_loss - llava_loss) > 1e-4 * max(1.0, abs(llava_loss)):
-        raise RuntimeError(f"{name}: emofer loss {ours_loss} != LLaVA loss {llava_loss}; not the same step")
+        losses = {"emofer": float(ours(batch)), "llava": float(answer_window_loss(llava, inputs)),
+                  "llava-full": float(llava(**inputs).loss)}
+    for k, v in losses.items():
+        if abs(v - losses["emofer"]) > 1e-4 * max(1.0, abs(v)):
+            raise RuntimeError(f"{name}: emofer loss {losses['emofer']} != {k} loss {v}; not the same step")
     ours_params = [p for p in ours.parameters() if p.requires_grad]
     llava_params = [p for p in llava.parameters() if p.requires_grad]
     fns = {
         "emofer": lambda: train_step(lambda: ours(batch), ours_params),
-        "llava": lambda: train_step(lambda: llava(**inputs).loss, llava_params),
+        "llava": lambda: train_step(lambda: answer_window_loss(llava, inputs), llava_params),
+        "llava-full": lambda: train_step(lambda: llava(**inputs).loss, llava_params),
     }
     face = None
     if fim:
@@ -194,46 +225,82 @@ def measure_layer(name: str, size: dict[str, Any], layer: int, rounds: int, fim:
         face_batch = make_batch(face, size, face=True)
         face_params = [p for p in face.parameters() if p.requires_grad]
         fns["emofer+fim"] = lambda: train_step(lambda: face(face_batch), face_params)
+    startup = None
+    if compile_:
+        compiled = emofer.build_model(emofer_config(size, layer)).train()
+        compiled.load_state_dict(ours.state_dict())
+        what = compile_trained(compiled)
+        compiled_params = [p for p in compiled.parameters() if p.requires_grad]
+        t0 = time.perf_counter()
+        compiled_loss = train_step(lambda: compiled(batch), compiled_params)
+        startup = time.perf_counter() - t0
+        if abs(compiled_loss - losses["emofer"]) > 1e-4 * max(1.0, abs(compiled_loss)):
+            raise RuntimeError(f"{name}: compiled loss {compiled_loss} != eager loss {losses['emofer']}")
+        fns["emofer compiled"] = lambda: train_step(lambda: compiled(batch), compiled_params)
     with torch.no_grad():
-        fwd = alternate({"emofer": lambda: ours(batch), "llava": lambda: llava(**inputs)}, rounds=rounds)
+        fwd = alternate({"emofer": lambda: ours(batch), "llava": lambda: answer_window_loss(llava, inputs)},
+                        rounds=rounds)
     times = alternate(fns, rounds=rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = paired_ratio(times["emofer"], times["llava"])
     tag = f"{name}/layer{layer}"
-    detail = {"emofer_s": times["emofer"], "llava_s": times["llava"], "loss": ours_loss,
-              "fwd_emofer_s": fwd["emofer"], "fwd_llava_s": fwd["llava"],
+    detail = {"times_s": times, "losses": losses, "fwd_s": fwd,
               "seq_len": int(inputs["attention_mask"].shape[1]), "image_tokens": ours.encoder.num_tokens,
               "batch": size["batch"], "rounds": rounds}
     records = [
-        Record(f"{tag} fwd+bwd emofer/llava", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO, detail),
-        Record(f"{tag} fwd emofer/llava", paired_ratio(fwd["emofer"], fwd["llava"]), "x"),
-        Record(f"{tag} fwd+bwd emofer", med["emofer"] * 1e3, "ms"),
-        Record(f"{tag} fwd+bwd llava", med["llava"] * 1e3, "ms"),
+        ratio_record(f"{tag} fwd+bwd emofer/llava (same loss work)", times["emofer"], times["llava"],
+                     TARGET_RATIO, detail=detail),
+        ratio_record(f"{tag} fwd+bwd emofer/llava-full (transformers' full-logit loss)", times["emofer"],
+                     times["llava-full"]),
+        ratio_record(f"{tag} fwd emofer/llava (same loss work)", fwd["emofer"], fwd["llava"]),
     ]
+    records += [Record(f"{tag} fwd+bwd {k}", med[k] * 1e3, "ms") for k in ("emofer", "llava", "llava-full")]
     if face is not None:
-        extra = paired_ratio(times["emofer+fim"], times["emofer"]) - 1
-        records.append(Record(
-            f"{name} face-info-mining extra cost", 100 * extra, "%",
-            detail={"emofer_fim_s": times["emofer+fim"], "fim": size["fim"],
-                    "face_tokens": face.fusion.num_output_tokens - ours.encoder.num_tokens},
-        ))
+        extra = ratio_record(f"{name} face-info-mining step / emofer step", times["emofer+fim"], times["emofer"],
+                             detail={"fim": size["fim"],
+                                     "face_tokens": face.fusion.num_output_tokens - ours.encoder.num_tokens})
+        records.append(extra)
+    if startup is not None:
+        records.append(ratio_record(f"{tag} train.compile: compiled / eager step", times["emofer compiled"],
+                                    times["emofer"], detail={"compiled": what}))
+        records.append(Record(f"{tag} train.compile: first step (compilation)", startup, "s",
+                              detail={"eager_step_s": med["emofer"]}))
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES), help="sizes to run")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating rounds per size (default: 31 tiny, 9 small, 7 medium; 5 with --quick)")
-    args = p.parse_args(argv)
-    setup(args)
+    p.add_argument("--compile", choices=("on", "off"), default=None,
+                   help="time train.compile at tiny and small, layer -2 (default: on; off with --quick)")
+    return p.parse_args(argv)
+
+
+def config(args: Any) -> dict[str, Any]:
+    """What a run measures: sizes, rounds, the settings compared."""
+    from emofer.data.instructions import category_question
+    from emofer.labels import FERID7
+
     sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "small", "medium"])
+    compile_on = (args.compile or ("off" if args.quick else "on")) == "on"
+    return {"sizes": {s: SIZES[s] for s in sizes},
+            "rounds": {s: args.rounds or (5 if args.quick else SIZES[s]["rounds"]) for s in sizes},
+            "compile_sizes": [s for s in sizes if compile_on and s in ("tiny", "small")],
+            "layers": [-2, -1], "question": category_question(list(FERID7)), "template": "vicuna_v1",
+            "losses": ["emofer answer window", "llava answer window", "llava full logits"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    setup(args)
+    cfg = config(args)
     records = []
-    for name in sizes:
-        rounds = args.rounds or (5 if args.quick else SIZES[name]["rounds"])
-        for layer in (-2, -1):
-            records += measure_layer(name, SIZES[name], layer, rounds, fim=layer == -2)
-    report("train step: emofer vs transformers LLaVA", records, args.json, {"sizes": {s: SIZES[s] for s in sizes}})
+    for name, size in cfg["sizes"].items():
+        for layer in cfg["layers"]:
+            records += measure_layer(name, size, layer, cfg["rounds"][name], fim=layer == -2,
+                                     compile_=layer == -2 and name in cfg["compile_sizes"])
+    report("train step: emofer vs transformers LLaVA", records, args.json, config=cfg)
     return 0
 
 
