@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Record, parser, report, setup  # noqa: E402
+from _common import Record, parser, preset, report, setup  # noqa: E402
 
 TARGET_SPEEDUP = 3.0
 
@@ -131,25 +131,36 @@ def measure(preset: str, samples: int, batch: int, epochs: int) -> list[Record]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    import logging
-    import warnings
-
+def parse(argv: list[str] | None = None) -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS), help="models to run")
     p.add_argument("--samples", type=int, default=None, help="SynthFER training samples per epoch")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (>= 2)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_config(args: Any) -> dict[str, Any]:
+    """What a run measures: each model's config as resolved now, samples, epochs."""
+    models = args.models or (["emo-llama-tiny"] if args.quick else sorted(MODELS))
+    return {"models": {m: preset(m, MODELS[m]) for m in models},
+            "samples": args.samples or (32 if args.quick else 256),
+            "epochs": max(2, args.epochs or (2 if args.quick else 4)), "batch": 16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    args = parse(argv)
     setup(args)
+    cfg = run_config(args)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
-    models = args.models or (["emo-llama-tiny"] if args.quick else sorted(MODELS))
-    samples = args.samples or (32 if args.quick else 256)
-    epochs = max(2, args.epochs or (2 if args.quick else 4))
+    samples, epochs = cfg["samples"], cfg["epochs"]
     records = []
-    for preset in models:
-        records += measure(preset, samples, 16, epochs)
-    report("frozen-feature cache", records, args.json, {"samples": samples, "epochs": epochs})
+    for name in cfg["models"]:
+        records += measure(name, samples, 16, epochs)
+    report("frozen-feature cache", records, args.json, {"samples": samples, "epochs": epochs}, cfg)
     return 0
 
 

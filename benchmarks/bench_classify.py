@@ -156,10 +156,11 @@ def parse(argv: list[str] | None = None) -> Any:
     p.add_argument("--samples", type=int, default=None, help="test samples (SynthFER test split)")
     p.add_argument("--batch", type=int, default=None, help="evaluation batch size (32; 16 with --quick)")
     p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--save", type=Path, default=None, help="save the model trained here (save_pretrained) to DIR")
     return p.parse_args(argv)
 
 
-def config(args: Any) -> dict[str, Any]:
+def run_config(args: Any) -> dict[str, Any]:
     """What a run measures: the model config as resolved now, training, samples, batch, budget."""
     cfg: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "size": args.size,
                            "samples": args.samples or (32 if args.quick else 700),
@@ -182,13 +183,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse(argv)
     setup(args)
-    cfg = config(args)
+    cfg = run_config(args)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     if args.model is not None:
         model, info = load_trained(args.model), {"model": str(args.model)}
     else:
         model, info = train_model(model_config(args.preset, args.size), cfg["train_steps"], 16, args.lr)
+    if args.save is not None:
+        model.save_pretrained(args.save)
     model.eval()
     samples, batch = cfg["samples"], cfg["batch"]
     batches = test_batches(model, samples, batch)

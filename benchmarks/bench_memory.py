@@ -95,7 +95,7 @@ def parse(argv: list[str] | None = None) -> Any:
     return p.parse_args(argv)
 
 
-def config(args: Any) -> dict[str, Any]:
+def run_config(args: Any) -> dict[str, Any]:
     """What a run measures: the LLM sizes, batches, visual tokens, answer budget."""
     from emofer.data.instructions import category_question
     from emofer.labels import FERID7
@@ -109,7 +109,7 @@ def config(args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     setup(args)
-    cfg = config(args)
+    cfg = run_config(args)
     records = []
     for name, size in cfg["sizes"].items():
         for batch in cfg["batches"]:

@@ -16,7 +16,7 @@ Two loss settings for LLaVA, both timed against the same emofer step:
 ``train.compile`` (emofer's LLM decoder layers and trained fusion compiled,
 :func:`emofer.system.compile_trained`) is timed against the eager step in
 the same rounds, at ``tiny`` and ``small`` (``--compile off`` skips it); its
-first step, compilation included, is reported as start-up time.
+first step, compilation included (inductor's caches empty), is reported as start-up time.
 
 Two vision-layer settings are measured:
 
@@ -32,8 +32,10 @@ Run: ``python benchmarks/bench_train_step.py [--quick] [--json out.json]``
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +84,12 @@ Vicuna's 32000-token vocabulary from ``small`` up.
 """
 
 
-def emofer_config(size: dict[str, Any], layer: int, face: bool = False) -> dict[str, Any]:
-    """The emofer model config: hf-clip + mlp2x-gelu + causal-lm (+ tiny FaceXFormer and Face Info Mining)."""
+def emofer_config(size: dict[str, Any], layer: int, face: bool = False, lora: dict[str, Any] | None = None,
+                  dtype: str = "float32") -> dict[str, Any]:
+    """The emofer model config: hf-clip + mlp2x-gelu + causal-lm (+ tiny FaceXFormer and Face Info Mining).
+
+    ``lora`` and ``dtype`` go to the causal-lm (``gpu/llava_compare.py`` uses them at 7B).
+    """
     from emofer.testing import tiny_llm_dir
 
     tok_dir = tiny_llm_dir()
@@ -93,7 +99,7 @@ def emofer_config(size: dict[str, Any], layer: int, face: bool = False) -> dict[
         "encoder": {"name": "hf-clip", "config": size["vision"], "layer": layer},
         "face_prior": {"name": "none"},
         "fusion": {"name": "mlp2x-gelu"},
-        "llm": {"name": "causal-lm", "config": llm, "tokenizer": str(tok_dir)},
+        "llm": {"name": "causal-lm", "config": llm, "tokenizer": str(tok_dir), "lora": lora, "dtype": dtype},
         "prompt": {"template": "vicuna_v1", "agr": False},
         "freeze": ["encoder"],
     }
@@ -104,8 +110,12 @@ def emofer_config(size: dict[str, Any], layer: int, face: bool = False) -> dict[
     return {"model": model}
 
 
-def llava_from(emofer_model: Any, size: dict[str, Any], layer: int) -> Any:
-    """A ``LlavaForConditionalGeneration`` with the same dims and (copied) weights as ``emofer_model``."""
+def llava_from(emofer_model: Any, size: dict[str, Any], layer: int, lora: dict[str, Any] | None = None) -> Any:
+    """A ``LlavaForConditionalGeneration`` with the same dims and (copied) weights as ``emofer_model``.
+
+    With ``lora``, peft injects the same adapters into LLaVA's language model
+    (vision tower untouched) before the weights, adapters included, are copied.
+    """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     lm = emofer_model.llm.model
@@ -122,6 +132,12 @@ def llava_from(emofer_model: Any, size: dict[str, Any], layer: int) -> Any:
     )
     config._attn_implementation = "sdpa"
     llava = LlavaForConditionalGeneration(config)
+    if lora is not None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        names = "|".join(lora.get("target_modules", ["q_proj", "v_proj"]))
+        inject_adapter_in_model(LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+                                           target_modules=rf".*language_model.*\.({names})"), llava)
     missing, unexpected = llava.model.vision_tower.load_state_dict(
         emofer_model.encoder.model.state_dict(), strict=False
     )
@@ -135,6 +151,11 @@ def llava_from(emofer_model: Any, size: dict[str, Any], layer: int) -> Any:
     llava.lm_head.load_state_dict(lm.lm_head.state_dict())
     assert llava.lm_head.weight.data_ptr() != llava.model.language_model.embed_tokens.weight.data_ptr()
     llava.model.vision_tower.requires_grad_(False)
+    if lora is not None:  # what emofer trains: the projector and the adapters
+        llava.requires_grad_(False)
+        llava.model.multi_modal_projector.requires_grad_(True)
+        for name, p in llava.named_parameters():
+            p.requires_grad_(p.requires_grad or "lora_" in name)
     return llava.train()
 
 
@@ -277,7 +298,7 @@ def parse(argv: list[str] | None = None) -> Any:
     return p.parse_args(argv)
 
 
-def config(args: Any) -> dict[str, Any]:
+def run_config(args: Any) -> dict[str, Any]:
     """What a run measures: sizes, rounds, the settings compared."""
     from emofer.data.instructions import category_question
     from emofer.labels import FERID7
@@ -294,7 +315,10 @@ def config(args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     setup(args)
-    cfg = config(args)
+    cfg = run_config(args)
+    if cfg["compile_sizes"]:
+        # start-up as a first run sees it: inductor's on-disk caches start empty
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="emofer-bench-inductor-")
     records = []
     for name, size in cfg["sizes"].items():
         for layer in cfg["layers"]:

@@ -1,4 +1,4 @@
-"""EMO-LLaMA at 7B scale on one GPU: training throughput, MFU, peak memory and ``score`` speed.
+"""EMO-LLaMA at 7B scale on one GPU: training, MFU, read-outs, video, and transformers' LLaVA side by side.
 
 The model is the ``emo-llama-7b`` preset with random weights: Vicuna-7B-shaped
 LLaMA in bf16 with LoRA (r=64 on q_proj/v_proj), EVA-ViT-g/14 (or CLIP
@@ -18,13 +18,22 @@ FLOPs (model FLOPs, for MFU; recomputation under checkpointing not counted):
   6·P_lora·T for the adapters, plus attention 12·L·D·S² per sequence
   (forward 4·L·D·S², backward twice that; full S², not halved for the
   causal mask). ``T`` counts real tokens (padding excluded), ``P_base``
-  excludes the input embedding table (a lookup) and includes ``lm_head``.
+  excludes the input embedding table (a lookup) and ``lm_head``, which
+  runs only over the answer window (``B × window`` positions: 4·P_head per
+  position, as the loss computes it).
 
 A full step under ``FlopCounterMode`` is reported next to it as a cross-check
-(it counts what actually runs: padding and all logits included).
+(it counts what actually runs, padding included).
 
-Run on the GPU machine: ``bash benchmarks/gpu/run.sh``. Dry run on CPU at
-tiny dims: ``python benchmarks/gpu/bench_h100.py --cpu-smoke``.
+Then, in the same run: the read-outs (``readouts.py``: ``score`` vs
+``generate`` vs naive at batch 32 and 128, with peak memory), video steps
+at 4, 8 and 16 frames, and the LLaVA-1.5-7B-shaped step of emofer against
+transformers' ``LlavaForConditionalGeneration`` with the same weights
+(``llava_compare.py``).
+
+Run on the GPU machine: ``bash benchmarks/gpu/run.sh`` (``--quick``: about
+3 minutes after start-up). Dry run on CPU at tiny dims:
+``python benchmarks/gpu/bench_h100.py --cpu-smoke``.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Record, report  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llava_compare  # noqa: E402
+import readouts  # noqa: E402
+from _common import Record, preset, report  # noqa: E402
 
 TARGET_MFU = 0.45
 
@@ -120,8 +132,8 @@ def set_checkpointing(lm: Any, on: bool) -> None:
         raise RuntimeError(f"could not turn activation checkpointing {'on' if on else 'off'}")
 
 
-def make_batch(model: Any, size: int, device: torch.device, seed: int = 0) -> dict[str, Any]:
-    """Random pixels at the encoder's and prior's sizes, FERID questions, class-name answers."""
+def make_batch(model: Any, size: int, device: torch.device, seed: int = 0, frames: int = 1) -> dict[str, Any]:
+    """Random pixels (``frames`` per sample) at the encoder's and prior's sizes, FERID questions, class names."""
     from emofer.data.instructions import category_question
 
     g = torch.Generator().manual_seed(seed)
@@ -129,8 +141,8 @@ def make_batch(model: Any, size: int, device: torch.device, seed: int = 0) -> di
     px, fpx = model.encoder.image_size, model.face_prior.image_size
     return {
         "ids": [str(i) for i in range(size)],
-        "pixels": torch.randn(size, 1, 3, px, px, generator=g).to(device),
-        "face_pixels": torch.randn(size, 1, 3, fpx, fpx, generator=g).to(device),
+        "pixels": torch.randn(size, frames, 3, px, px, generator=g).to(device),
+        "face_pixels": torch.randn(size, frames, 3, fpx, fpx, generator=g).to(device),
         "questions": [category_question(classes)] * size,
         "answers": [classes[i % len(classes)] for i in range(size)],
         "classes": classes,
@@ -159,7 +171,11 @@ class Runner:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def sync(self) -> None:
-        if self.device.type == "cuda":
+        Runner.sync_device(self.device)
+
+    @staticmethod
+    def sync_device(device: torch.device) -> None:
+        if device.type == "cuda":
             torch.cuda.synchronize()
 
     def train_step(self, batch: dict[str, Any]) -> float:
@@ -197,11 +213,14 @@ class Runner:
         cfg = llm.model.config.get_text_config()
         layers, width = int(cfg.num_hidden_layers), int(cfg.hidden_size)
         embed = llm.model.get_input_embeddings().weight.numel()
+        head = llm.model.get_output_embeddings().weight.numel()
         lora = sum(p.numel() for n, p in llm.named_parameters() if "lora_" in n)
-        base = sum(p.numel() for n, p in llm.named_parameters() if "lora_" not in n) - embed
+        base = sum(p.numel() for n, p in llm.named_parameters() if "lora_" not in n) - embed - head
         real_tokens = float(lengths.sum())
+        answer_cols = (packed.labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+        window = float(len(packed.labels) * (int(answer_cols[-1]) - int(answer_cols[0]) + 1))
         attention = 12.0 * layers * width * float((lengths**2).sum())
-        llm_flops = (4.0 * base + 6.0 * lora) * real_tokens + attention
+        llm_flops = (4.0 * base + 6.0 * lora) * real_tokens + 4.0 * head * window + attention
         return {
             "encoder_fwd": float(encoder),
             "face_prior_fwd": float(prior),
@@ -210,9 +229,11 @@ class Runner:
             "llm_attention": attention,
             "total": encoder + prior + 3.0 * fusion + llm_flops,
             "llm_tokens": real_tokens,
+            "lm_head_positions": window,
             "llm_seq_len_max": float(lengths.max()),
             "visual_tokens_per_sample": float(tokens.shape[1]),
             "llm_base_params": float(base),
+            "lm_head_params": float(head),
             "llm_lora_params": float(lora),
             "llm_layers": float(layers),
             "llm_width": float(width),
@@ -259,37 +280,7 @@ def measure_training(runner: Runner, args: argparse.Namespace, peak: float | Non
     return records, detail
 
 
-def measure_score(runner: Runner, args: argparse.Namespace) -> list[Record]:
-    model, device = runner.model, runner.device
-    model.eval()
-    records = []
-    for size in args.score_batches:
-        batch = make_batch(model, size, device, seed=1)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-
-        def score(b: dict[str, Any] = batch) -> None:
-            with torch.no_grad(), runner.autocast():
-                model.score_batch(b)
-
-        try:
-            seconds = runner.timed(score, args.score_steps, 1)
-        except torch.cuda.OutOfMemoryError as err:
-            records.append(Record(f"score @ batch {size}: out of memory", 0.0, "images/s",
-                                  detail={"error": str(err)[:300], "classes": len(model.classes)}))
-            torch.cuda.empty_cache()
-            continue
-        records.append(Record(f"score @ batch {size}", size / seconds, "images/s",
-                              detail={"classes": len(model.classes)}))
-        if device.type == "cuda":
-            records.append(Record(f"score @ batch {size}: peak memory",
-                                  torch.cuda.max_memory_allocated() / 2**30, "GiB"))
-    model.train()
-    return records
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-smoke", action="store_true", help="tiny parts on the CPU: checks the logic, not speed")
     p.add_argument("--quick", action="store_true", help="fewer steps (with --cpu-smoke: the test's run)")
@@ -299,19 +290,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed training steps per setting")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     p.add_argument("--checkpointing", default="off,on", help="settings to run: off,on | off | on")
-    p.add_argument("--score-batches", type=int, nargs="+", default=None, help="score batch sizes (32 128)")
-    p.add_argument("--score-steps", type=int, default=None, help="timed score calls per batch size")
+    p.add_argument("--score-batches", type=int, nargs="+", default=None, help="read-out batch sizes (32 128)")
+    p.add_argument("--score-steps", type=int, default=None, help="timed calls per read-out and batch size")
+    p.add_argument("--frames", type=int, nargs="*", default=None,
+                   help="video frame counts (4 8 16; smoke 1 2; the flag alone skips video)")
+    p.add_argument("--video-batch", type=int, default=None, help="clips per video step (default 8, smoke 2)")
+    p.add_argument("--llava-rounds", type=int, default=None,
+                   help="alternating rounds of the LLaVA-shaped comparison (default 10, quick 4; 0 skips it)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: by card name)")
     p.add_argument("--no-count-step", dest="count_step", action="store_false",
                    help="skip the FlopCounterMode cross-check step")
     args = p.parse_args(argv)
-    smoke = args.cpu_smoke
+    smoke, quick = args.cpu_smoke, args.quick
     args.checkpointing = [{"off": False, "on": True}[s] for s in args.checkpointing.split(",")]
     args.batch = args.batch or (2 if smoke else 32)
-    args.steps = args.steps or (1 if smoke and args.quick else 2 if smoke or args.quick else 10)
-    args.warmup = args.warmup or (1 if smoke or args.quick else 3)
+    args.steps = args.steps or (1 if smoke and quick else 2 if smoke or quick else 10)
+    args.warmup = args.warmup or (1 if smoke or quick else 3)
     args.score_batches = args.score_batches or ([2, 4] if smoke else [32, 128])
-    args.score_steps = args.score_steps or (1 if smoke or args.quick else 5)
+    args.score_steps = args.score_steps or (1 if smoke or quick else 5)
+    args.frames = ([1, 2] if smoke else [4, 8, 16]) if args.frames is None else args.frames
+    args.video_batch = args.video_batch or (2 if smoke else 8)
+    args.llava_rounds = (3 if smoke else 4 if quick else 10) if args.llava_rounds is None else args.llava_rounds
+    return args
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run measures: the model config as resolved now and every setting."""
+    cfg = experiment(args.encoder, args.cpu_smoke)
+    model = preset(cfg["extends"])
+    for part, value in cfg["model"].items():
+        model["model"][part] = {**model["model"][part], **value} if isinstance(value, dict) else value
+    model["model"]["llm"].pop("tokenizer", None)  # a local path; the tokenizer is emofer's tiny one
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "peak_tflops")}
+    shape = ts_sizes()["tiny"] if args.cpu_smoke else llava_compare.LLAVA_7B
+    return {"model": model, "settings": settings, "llava_shape": shape, "llava_lora": llava_compare.LORA,
+            "max_new_tokens": readouts.MAX_NEW_TOKENS}
+
+
+def ts_sizes() -> dict[str, Any]:
+    import bench_train_step
+
+    return bench_train_step.SIZES
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    smoke = args.cpu_smoke
     if smoke:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
@@ -319,28 +343,48 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        p.error("no CUDA device; use --cpu-smoke for a dry run on the CPU")
+        raise SystemExit("no CUDA device; use --cpu-smoke for a dry run on the CPU")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
     torch.manual_seed(0)
+    cfg = run_config(args)
+    clock = {}
 
     t0 = time.perf_counter()
     model = build(experiment(args.encoder, smoke), device)
     build_s = time.perf_counter() - t0
     params = {k: sum(p.numel() for p in part.parameters()) for k, part in model.parts().items()}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"built on {name} in {build_s:.1f}s; parameters {params}; trainable {trainable}")
+    print(f"built on {name} in {build_s:.1f}s; parameters {params}; trainable {trainable}", flush=True)
     runner = Runner(model, device)
     records = [Record("build time", build_s, "s", detail={"params": params, "trainable": trainable})]
+    t0 = time.perf_counter()
     train_records, detail = measure_training(runner, args, peak)
     records += train_records
-    records += measure_score(runner, args)
+    clock["training_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    records += readouts.measure_readouts(runner, make_batch, args.score_batches, args.score_steps)
+    clock["readouts_s"] = time.perf_counter() - t0
+    if args.frames:
+        t0 = time.perf_counter()
+        set_checkpointing(runner.model.llm.model, False)
+        records += readouts.measure_video(runner, make_batch, args.frames, args.video_batch,
+                                          1 if smoke or args.quick else 3, 0 if smoke else 1)
+        clock["video_s"] = time.perf_counter() - t0
+    del runner, model
+    if args.llava_rounds:
+        t0 = time.perf_counter()
+        shape = cfg["llava_shape"]
+        records += llava_compare.run(shape, device, torch.float32 if smoke else torch.bfloat16,
+                                         args.llava_rounds, lambda: Runner.sync_device(device),
+                                         1e-4 if smoke else 2e-2)
+        clock["llava_s"] = time.perf_counter() - t0
     for r in records:
         if isinstance(r.value, float) and not math.isfinite(r.value):
             raise RuntimeError(f"{r.name} is not finite: {r.value}")
     report(f"EMO-LLaMA 7B-shaped on {name}" if not smoke else "EMO-LLaMA gpu benchmark (cpu smoke, tiny dims)",
            records, args.json, {"detail": detail, "peak_tflops": peak, "encoder": args.encoder,
-                                "cpu_smoke": smoke, "params": params})
+                                "cpu_smoke": smoke, "params": params, "phase_seconds": clock}, cfg)
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fills benchmarks/gpu/wheels/ with the wheels the GPU machine's image lacks (run where PyPI is reachable).
+# Refreshes the wheels carried in benchmarks/gpu/wheels/ (committed: run.sh installs from them whatever the GPU image lacks; run where PyPI is reachable).
 # The image (Python 3.12, torch, torchvision, timm, transformers, peft, lightning, torchmetrics, einops,
 # opencv, rich, pyyaml, regex, tqdm, huggingface-hub, safetensors) lacks open_clip and omegaconf.
 set -euo pipefail
