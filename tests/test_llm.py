@@ -265,6 +265,24 @@ def test_block_mask_keeps_candidates_apart() -> None:
     assert torch.equal(additive == 0, mask)
 
 
+def test_score_lets_a_model_that_scales_its_logits_compute_them(head: CausalLMHead) -> None:
+    """A head whose output the model transforms is not applied by hand: a second pass, same numbers."""
+    tokens = visual(3, seed=1)
+    with torch.no_grad():
+        plain = head.score(tokens, QUESTIONS, CANDIDATES)
+        calls: list[int] = []
+        hook = head.model.model.layers[0].register_forward_hook(lambda m, a, out: calls.append(1))
+        head.model.config.logit_scale = 2.0  # what e.g. Cohere's config says; LLaMA ignores it
+        try:
+            flagged = head.score(tokens, QUESTIONS, CANDIDATES)
+        finally:
+            del head.model.config.logit_scale
+            hook.remove()
+    assert len(calls) == 2
+    torch.testing.assert_close(flagged, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flagged, naive_scores(head, tokens, QUESTIONS), atol=1e-4, rtol=0)
+
+
 def test_score_refuses_attention_without_block_masks(head: CausalLMHead) -> None:
     head.model.config._attn_implementation = "flash_attention_2"
     try:

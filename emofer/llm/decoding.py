@@ -6,8 +6,11 @@ candidate 2 | ...``. A block attention mask lets each candidate token see
 its sample's real prefix positions and the earlier tokens of its own
 candidate, nothing else; positions restart at the prefix's end for every
 candidate. The prefix runs once per sample and no KV cache is kept or
-copied, so a ``score`` call holds no more than a prefill of ``B`` rows
-(the candidates add ``sum(len - 1)`` positions per row, ~10 % of a prompt).
+copied; the model's LM head runs at the prefix ends, and over the
+candidates' positions a few at a time (:data:`CHUNK`), so a ``score`` call
+holds about what a prefill of ``B`` rows holds (the candidates add
+``sum(len - 1)`` positions per row, ~10 % of a prompt), not ``B x C``
+vocabulary-wide rows of logits.
 
 Generation (:func:`generate`) hands left-padded prompt embeddings to the
 model's own ``generate`` (greedy, stop at any stop id or stop string);
@@ -22,6 +25,10 @@ import torch
 
 BLOCK_MASK_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take the custom 4D mask :func:`score_candidates` builds."""
+POST_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config fields of models that transform the LM head's output (then the model computes every logit itself)."""
+CHUNK = 2
+"""Candidate positions whose full-vocabulary log-probabilities exist at once in :func:`score_candidates`."""
 
 
 def forward(
@@ -119,16 +126,39 @@ def score_candidates(
     position_ids = torch.cat([prefix_pos, lengths[:, None] + layout["offset"][None]], dim=1)
     mask = block_mask(prefix_mask, layout["owner"], layout["offset"], kind, embeds.dtype)
     last, where = torch.unique(lengths - 1, return_inverse=True)
-    keep = torch.cat([last, torch.arange(width, width + q, device=last.device)])
-    logits = forward(lm, packed, mask, position_ids, logits_to_keep=keep)
     rows = torch.arange(batch, device=embeds.device)
+    hidden: dict[str, torch.Tensor] = {}
+    hook = lm.get_decoder().register_forward_hook(lambda m, a, out: hidden.update(h=_last_hidden(out)))
+    try:  # the model's own head runs at the prefix ends only; the candidates' hidden states are kept
+        logits = forward(lm, packed, mask, position_ids, logits_to_keep=last)
+    finally:
+        hook.remove()
     first = logits[rows, where].float().log_softmax(-1)
     total = first[:, candidate_ids[:, 0]]
-    if q:
-        rest = logits[:, len(last) :].float().log_softmax(-1)
-        picked = rest.gather(2, layout["target"][None, :, None].expand(batch, q, 1)).squeeze(2)
-        total = total.index_add(1, layout["owner"], picked)
-    return total
+    if not q:
+        return total
+    head = lm.get_output_embeddings()
+    text = lm.config.get_text_config()
+    scaled = any(getattr(text, k, None) not in (None, 1, 1.0) for k in POST_HEAD)
+    tol = 1e-3 if logits.dtype == torch.float32 else 2e-2
+    if not scaled and torch.allclose(head(hidden["h"][:, last]).float(), logits.float(), rtol=tol, atol=tol):  # a plain head (no logit scaling or capping): apply it a few positions at a time
+        tail_hidden = hidden.pop("h")[:, width:]
+        chunks = [
+            head(tail_hidden[:, i : i + CHUNK]).float().log_softmax(-1).gather(
+                2, layout["target"][None, i : i + CHUNK, None].expand(batch, -1, 1)
+            ).squeeze(2)
+            for i in range(0, q, CHUNK)
+        ]
+        picked = torch.cat(chunks, dim=1)
+    else:  # the model post-processes its logits: let it compute the candidates' too (a second pass)
+        hidden.clear()
+        rest = forward(lm, packed, mask, position_ids, logits_to_keep=torch.arange(width, width + q, device=last.device))
+        picked = rest.float().log_softmax(-1).gather(2, layout["target"][None, :, None].expand(batch, q, 1)).squeeze(2)
+    return total.index_add(1, layout["owner"], picked)
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
 def left_pad(embeds: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
