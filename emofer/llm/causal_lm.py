@@ -109,6 +109,7 @@ class CausalLMHead(LLMHead):
         )
         self._answer_ids: dict[str, list[int]] = {}
         self._text_ids: dict[tuple[str, bool], list[int]] = {}
+        self._stops: dict[Any, tuple[set[int], tuple[str, ...]]] = {}
         if trainable == "none":
             self.freeze()
         else:
@@ -302,6 +303,11 @@ class CausalLMHead(LLMHead):
 
     def stop_tokens(self) -> tuple[set[int], tuple[str, ...]]:
         """What ends a generated answer: stop ids (EOS, one-token stop markers) and multi-token stop strings."""
+        if self.template not in self._stops:
+            self._stops[self.template] = self._find_stops()
+        return self._stops[self.template]
+
+    def _find_stops(self) -> tuple[set[int], tuple[str, ...]]:
         stop_ids = {self.tok.eos_token_id} if self.tok.eos_token_id is not None else set()
         strings = []
         for stop in self.template.stop:
