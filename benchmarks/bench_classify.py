@@ -5,7 +5,7 @@ folder; otherwise a preset trained here for ``--train-steps`` steps) and the
 SynthFER test split. ``--size small`` swaps the preset's LLM for
 ``bench_train_step``'s ``small`` LLaMA (256 wide, 4 layers, vocabulary 32000)
 with random weights and does not train (speed does not depend on the
-weights, but ``generate`` then runs to its token budget):
+weights, but ``generate``'s answer length does, and its answers are no labels):
 
 * ``score``: the model's read-out: image + prompt prefix and every
   candidate label in one packed pass;

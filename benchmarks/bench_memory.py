@@ -3,8 +3,9 @@
 A ``causal-lm`` head (LLaMA-shaped, random weights: memory does not depend on
 them) reads 25 visual tokens per sample (``emo-llama-tiny``'s count) and
 FERID's category question, and scores the 7 classes or generates up to 8
-tokens (random weights rarely stop early, so ``generate`` runs to its budget:
-its largest cache). Each read-out runs once under ``torch.profiler`` with
+tokens (how many it generates depends on the random weights; its peak is
+the prompt's prefill either way, as ``prefix alone`` shows). Each read-out
+runs once under ``torch.profiler`` with
 ``profile_memory``; the figure is the peak of the CPU allocator's live bytes
 above what was allocated before the call (the weights excluded). On a GPU
 (``--device cuda``) it is ``torch.cuda.max_memory_allocated``.

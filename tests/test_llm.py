@@ -11,7 +11,7 @@ from emofer.llm.causal_lm import CausalLMHead
 from emofer.llm.classifier import ClassifierHead
 from emofer.llm.parsing import invalid_rate, parse_label
 from emofer.llm.prompts import PROMPT_TEMPLATES, PromptTemplate, get_template, register_template
-from emofer.llm.sequence import IGNORE_INDEX, pack
+from emofer.llm.sequence import IGNORE_INDEX, left_padded, pack
 from emofer.testing import build_tiny_tokenizer, tiny_llm_dir
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
@@ -246,6 +246,17 @@ def test_score_runs_one_packed_pass(head: CausalLMHead) -> None:
     assert calls == [(3, prefix + fed)]  # one pass: B rows of prefix + every candidate, not B*C rows
 
 
+def test_score_keeps_its_graph_when_grad_is_on() -> None:
+    head = CausalLMHead(path="tiny-llama").eval()
+    tokens = visual(3, seed=5)
+    with torch.no_grad():
+        expected = head.score(tokens, QUESTIONS, CANDIDATES)
+    scores = head.score(tokens.requires_grad_(True), QUESTIONS, CANDIDATES)
+    torch.testing.assert_close(scores.detach(), expected, atol=1e-5, rtol=0)
+    scores.sum().backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+
 def test_block_mask_keeps_candidates_apart() -> None:
     layout = decoding.candidate_layout(torch.tensor([[7, 8, 9], [5, 6, 0], [4, 0, 0]]),
                                        torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
@@ -332,22 +343,24 @@ def test_generate_stops_rows_independently(head: CausalLMHead) -> None:
     """Rows end at their own stop id; a row that never stops runs to the budget."""
     tokens = visual(3, seed=4)
     with torch.no_grad():
-        packed, embeds = head._prompt(tokens, QUESTIONS)
-        free = decoding.generate(head.model, embeds, packed.attention_mask, packed.lengths, 4, set(), 0)
+        packed = left_padded(head.pack(5, QUESTIONS))
+        embeds = head._embed(packed, tokens)
+        free = decoding.generate(head.model, embeds, packed.attention_mask, 4, set(), 0)
         assert [len(r) for r in free] == [4, 4, 4]
         stop = free[1][1]  # make row 1's second token a stop: row 1 ends there, the others go on
-        rows = decoding.generate(head.model, embeds, packed.attention_mask, packed.lengths, 4, {stop}, 0)
+        rows = decoding.generate(head.model, embeds, packed.attention_mask, 4, {stop}, 0)
     assert rows[1] == free[1][:1]
     for r, f in zip(rows, free, strict=True):
         assert r == f[: f.index(stop)] if stop in f else r == f
 
 
-def test_left_pad_moves_rows_to_the_right_edge() -> None:
-    embeds = torch.arange(6.0).view(2, 3, 1)
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    moved, moved_mask = decoding.left_pad(embeds, mask, torch.tensor([2, 3]))
-    assert moved_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
-    assert moved[0, 1:, 0].tolist() == [0.0, 1.0] and moved[1, :, 0].tolist() == [3.0, 4.0, 5.0]
+def test_left_padded_moves_rows_to_the_right_edge() -> None:
+    packed = pack([[1, 2], [1, 2, 3]], 1, [[4], [4]], None, pad_id=0)
+    left = left_padded(packed)
+    assert packed.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert left.attention_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert left.input_ids.tolist() == [[0, 1, 2, 0, 4], [1, 2, 3, 0, 4]]
+    assert left.visual_mask.tolist() == [[False, False, False, True, False], [False, False, False, True, False]]
 
 
 # -- label parsing -----------------------------------------------------------

@@ -12,7 +12,7 @@ from emofer.llm import LLM_HEADS, decoding
 from emofer.llm.base import LLMHead
 from emofer.llm.loading import load_causal_lm, load_tokenizer, lora_config
 from emofer.llm.prompts import get_template
-from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, pack, pad_ids
+from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, left_padded, pack, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -321,13 +321,13 @@ class CausalLMHead(LLMHead):
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
         """Greedy answers (at most ``max_new_tokens`` tokens) by the model's ``generate``, cut at the end marker."""
-        packed, embeds = self._prompt(tokens, questions)
+        self._check(tokens, questions)
+        packed = left_padded(self.pack(tokens.shape[1], questions))
         stop_ids, stop_strings = self.stop_tokens()
         rows = decoding.generate(
             self.model,
-            embeds,
+            self._embed(packed, tokens),
             packed.attention_mask,
-            packed.lengths,
             max_new_tokens,
             stop_ids,
             self.tok.pad_token_id,

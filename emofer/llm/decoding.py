@@ -27,8 +27,8 @@ BLOCK_MASK_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take the custom 4D mask :func:`score_candidates` builds."""
 POST_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 """Config fields of models that transform the LM head's output (then the model computes every logit itself)."""
-CHUNK = 2
-"""Candidate positions whose full-vocabulary log-probabilities exist at once in :func:`score_candidates`."""
+CHUNK = 8
+"""Candidate positions whose full-vocabulary logits exist at once in :func:`score_candidates`."""
 
 
 def forward(
@@ -143,10 +143,9 @@ def score_candidates(
     tol = 1e-3 if logits.dtype == torch.float32 else 2e-2
     if not scaled and torch.allclose(head(hidden["h"][:, last]).float(), logits.float(), rtol=tol, atol=tol):  # a plain head (no logit scaling or capping): apply it a few positions at a time
         tail_hidden = hidden.pop("h")[:, width:]
+        target = layout["target"][None, :, None].expand(batch, q, 1)
         chunks = [
-            head(tail_hidden[:, i : i + CHUNK]).float().log_softmax(-1).gather(
-                2, layout["target"][None, i : i + CHUNK, None].expand(batch, -1, 1)
-            ).squeeze(2)
+            _target_logprobs(head(tail_hidden[:, i : i + CHUNK]), target[:, i : i + CHUNK])
             for i in range(0, q, CHUNK)
         ]
         picked = torch.cat(chunks, dim=1)
@@ -157,17 +156,19 @@ def score_candidates(
     return total.index_add(1, layout["owner"], picked)
 
 
+def _target_logprobs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)`` at ``target`` ``[B,c,1]``, computed in place (one copy of the logits at most)."""
+    logits = logits.float()
+    if logits.requires_grad:  # in-place ops would break the backward pass; pay for the copy
+        return logits.log_softmax(-1).gather(2, target).squeeze(2)
+    picked = logits.gather(2, target)
+    top = logits.amax(-1, keepdim=True)
+    norm = logits.sub_(top).exp_().sum(-1, keepdim=True).log_().add_(top)
+    return (picked - norm).squeeze(2)
+
+
 def _last_hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
-
-
-def left_pad(embeds: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``[B,L,D]`` embeddings and ``[B,L]`` mask moved to left padding (rows end together)."""
-    width = mask.shape[1]
-    shift = (width - lengths)[:, None]
-    index = (torch.arange(width, device=mask.device)[None] - shift) % width
-    moved = embeds.gather(1, index[..., None].expand_as(embeds))
-    return moved, mask.gather(1, index)
 
 
 @torch.no_grad()
@@ -175,14 +176,13 @@ def generate(
     lm: Any,
     embeds: torch.Tensor,
     mask: torch.Tensor,
-    lengths: torch.Tensor,
     max_new_tokens: int,
     stop_ids: set[int],
     pad_id: int,
     stop_strings: tuple[str, ...] = (),
     tokenizer: Any = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each right-padded prefix by ``lm.generate``.
+    """Greedy continuation of each **left-padded** prefix (:func:`~emofer.llm.sequence.left_padded`) by ``lm.generate``.
 
     A row ends at a stop id (not returned), a stop string (``tokenizer``
     needed; its tokens are returned, the caller cuts the text) or after
@@ -198,8 +198,7 @@ def generate(
         pad_token_id=pad_id,
         stop_strings=list(stop_strings) or None,
     )
-    left_embeds, left_mask = left_pad(embeds, mask, lengths)
     extra = {"tokenizer": tokenizer} if stop_strings else {}
-    out = lm.generate(inputs_embeds=left_embeds, attention_mask=left_mask, generation_config=config, **extra)
-    rows = out.tolist() if out.numel() else [[] for _ in range(len(lengths))]
+    out = lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, **extra)
+    rows = out.tolist() if out.numel() else [[] for _ in range(len(embeds))]
     return [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]

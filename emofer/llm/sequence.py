@@ -100,3 +100,18 @@ def pad_ids(
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_padded(packed: PackedBatch) -> PackedBatch:
+    """The same batch with every row moved to the right edge (left padding, as ``generate`` wants it)."""
+    width = packed.attention_mask.shape[1]
+    shift = (width - packed.lengths)[:, None]
+    index = (torch.arange(width, device=packed.lengths.device)[None] - shift) % width
+    rows = torch.arange(len(packed.lengths), device=packed.lengths.device)[:, None]
+    return PackedBatch(
+        input_ids=packed.input_ids[rows, index],
+        visual_mask=packed.visual_mask[rows, index],
+        attention_mask=packed.attention_mask[rows, index],
+        labels=packed.labels[rows, index],
+        lengths=packed.lengths,
+    )
