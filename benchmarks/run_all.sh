@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every CPU benchmark in full, one after another, writing JSON (and the scaling plot) to DIR.
 #   bash benchmarks/run_all.sh [DIR] [extra args for every script, e.g. --threads 2]
-# Takes about 40 minutes on 2 CPU cores. The GPU benchmark has its own runner: benchmarks/gpu/run.sh.
+# Takes about 30 minutes on 2 idle CPU cores (an hour under heavy load). The GPU benchmark has its own runner: benchmarks/gpu/run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -9,7 +9,9 @@ DIR=${1:-bench-out}
 shift || true
 mkdir -p "$DIR"
 log() { echo "== $1 ($(date -u +%H:%M:%S), load: $(cut -d' ' -f1-3 /proc/loadavg))"; }
-for name in train_step memory cache scaling; do
+log "bench_train_step (tiny, small)"
+"$PY" benchmarks/bench_train_step.py --sizes tiny small --json "$DIR/bench_train_step.json" "$@"
+for name in memory cache scaling; do
   log "bench_$name"
   "$PY" "benchmarks/bench_$name.py" --json "$DIR/bench_$name.json" "$@"
 done
