@@ -143,9 +143,28 @@ def commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
+TRAIN_KEYS = ("max_steps", "max_epochs", "lr", "lr_groups", "weight_decay", "warmup_steps", "scheduler", "precision",
+              "accumulate_grad_batches", "gradient_clip_val", "stages", "feature_cache", "compile")
+"""The ``train`` fields of a resolved preset that change what a benchmark measures (logging, output
+folders, checkpoint cadence and launch settings do not, so new fields of that kind leave hashes alone)."""
+
+
+def _measured(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "model" in obj and isinstance(obj.get("train"), dict):
+            obj = {**obj, "train": {k: v for k, v in obj["train"].items() if k in TRAIN_KEYS}}
+        return {k: _measured(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_measured(v) for v in obj]
+    return obj
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """A short hash of what a benchmark measured (sizes, presets as resolved, settings)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A short hash of what a benchmark measured (sizes, presets as resolved, settings).
+
+    In a resolved preset only the :data:`TRAIN_KEYS` of ``train`` count.
+    """
+    return hashlib.sha256(json.dumps(_measured(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def preset(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
