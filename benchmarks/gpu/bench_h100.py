@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                                           1 if smoke or args.quick else 3, 0 if smoke else 1)
         clock["video_s"] = time.perf_counter() - t0
     del runner, model
+    readouts.release(device)  # the 7B EMO-LLaMA's memory back before the two 7B LLaVA-shaped models
     if args.llava_rounds:
         t0 = time.perf_counter()
         shape = cfg["llava_shape"]

@@ -24,7 +24,8 @@ TARGET_MEMORY = 1.2
 MAX_NEW_TOKENS = 8
 
 
-def _release(device: torch.device) -> None:
+def release(device: torch.device) -> None:
+    """Frees what Python and the CUDA caching allocator hold for dropped tensors."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -45,7 +46,7 @@ def measure_readouts(runner: Any, make_batch: Callable[..., dict[str, Any]], siz
 def _readouts_at(runner: Any, batch: dict[str, Any], size: int, steps: int) -> list[Record]:
     model, device = runner.model, runner.device
     classes = list(batch["classes"])
-    _release(device)
+    release(device)
     with torch.no_grad(), runner.autocast():
         tokens, questions = model.encode(batch)
     llm = model.llm
@@ -68,7 +69,7 @@ def _readouts_at(runner: Any, batch: dict[str, Any], size: int, steps: int) -> l
         except torch.cuda.OutOfMemoryError as err:
             records.append(Record(f"{mode} @ batch {size}: out of memory", 0.0, "images/s",
                                   detail={"error": str(err)[:300]}))
-        _release(device)
+        release(device)
     for mode in seconds:
         records.append(Record(f"{mode} @ batch {size}", size / seconds[mode], "images/s",
                               detail={"seconds": seconds[mode], "classes": len(classes)}))
@@ -93,7 +94,7 @@ def measure_video(runner: Any, make_batch: Callable[..., dict[str, Any]], frames
     records = []
     for t in frames:
         clip = make_batch(runner.model, batch, runner.device, frames=t)
-        _release(runner.device)
+        release(runner.device)
         if runner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
