@@ -151,8 +151,9 @@ folders, checkpoint cadence and launch settings do not, so new fields of that ki
 
 def _measured(obj: Any) -> Any:
     if isinstance(obj, dict):
-        if "model" in obj and isinstance(obj.get("train"), dict):
-            obj = {**obj, "train": {k: v for k, v in obj["train"].items() if k in TRAIN_KEYS}}
+        if "model" in obj and isinstance(obj.get("train"), dict):  # a resolved preset; its eval section
+            obj = {k: v for k, v in obj.items() if k != "eval"}  # is not used: scripts call read-outs directly
+            obj["train"] = {k: v for k, v in obj["train"].items() if k in TRAIN_KEYS}
         return {k: _measured(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_measured(v) for v in obj]
@@ -162,7 +163,7 @@ def _measured(obj: Any) -> Any:
 def config_hash(config: dict[str, Any]) -> str:
     """A short hash of what a benchmark measured (sizes, presets as resolved, settings).
 
-    In a resolved preset only the :data:`TRAIN_KEYS` of ``train`` count.
+    In a resolved preset only the :data:`TRAIN_KEYS` of ``train`` count, and ``eval`` does not.
     """
     return hashlib.sha256(json.dumps(_measured(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
