@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,7 @@ class Task:
     resume: bool = False
     job: Any = None
     gpus: list[int] = field(default_factory=list)
+    code: dict[str, str] = field(default_factory=dict)
 
 
 def pid_alive(pid: int) -> bool:
@@ -189,6 +192,14 @@ class Launcher:
                 text += f"; its log ends: {lines[-1].strip()}"
         return text
 
+    def stop(self, tasks: list[Task]) -> None:
+        """Stops the tasks' jobs that run on this machine (the grid was interrupted); waits until they end."""
+        procs = [t.job for t in tasks if isinstance(t.job, _RecordedJob) and t.job.record.get("launcher") != "slurm"]
+        for job in procs:
+            with contextlib.suppress(OSError):
+                os.kill(int(job.job_id), signal.SIGINT)
+        _wait_ended(procs)
+
     def attach(self, task: Task, job: Mapping[str, Any]) -> bool:
         """Follows a job an earlier grid process started, when it is still queued or running."""
         family = "slurm" if self.name == "slurm" else "local"
@@ -305,6 +316,15 @@ class SubmititLauncher(Launcher):
             finally:
                 self.executor.update_parameters(dependency=None, additional_parameters=extra or None)
 
+    def stop(self, tasks: list[Task]) -> None:
+        if self.name == "slurm":  # cluster jobs go on; the next `emofer grid` follows them again
+            return
+        super().stop(tasks)
+        jobs = [t.job for t in tasks if t.job is not None and not isinstance(t.job, _RecordedJob)]
+        for job in jobs:
+            job.cancel(check=False)  # SIGINT to submitit's local controller, which stops its task
+        _wait_ended(jobs)
+
     def poll(self) -> None:
         if self.name == "slurm":
             import submitit
@@ -315,6 +335,18 @@ class SubmititLauncher(Launcher):
         if self.name == "slurm" and not isinstance(task.job, _RecordedJob):
             return task.job.watcher.is_done(task.job.job_id, mode="cache")
         return task.job.done()
+
+
+def _wait_ended(jobs: list[Any], timeout_s: float = 20.0) -> None:
+    """Waits until the jobs have ended (then kills what is left: a job that ignores SIGINT)."""
+    deadline = time.time() + timeout_s
+    while any(not j.done() for j in jobs) and time.time() < deadline:
+        time.sleep(0.1)
+    for job in jobs:
+        proc = getattr(job, "_process", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def slurm_parameters(section: Mapping[str, Any], grid_name: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from emofer.config import ConfigError, atomic_write_text
+from emofer.grid.fingerprint import changed_files, fingerprint
 from emofer.grid.folder import (
     DONE,
     FAILED,
@@ -79,6 +80,9 @@ def run_grid(
     on_run_end: Callable[[RunResult, int, int], None] | None = None,
     launcher: str | None = None,
     wait: bool = True,
+    only: Sequence[str] | None = None,
+    rerun: Sequence[str] = (),
+    force: bool = False,
 ) -> list[RunResult]:
     """Runs every run of a grid that is not finished yet and writes the grid's results.
 
@@ -101,6 +105,13 @@ def run_grid(
         launcher: a launcher name that replaces the grid's (``--launcher``).
         wait: False submits every run and returns (``slurm``): the runs not finished are
             returned as ``queued``; run the grid again to collect them.
+        only: run just these run ids (the others' recorded results are read, nothing of them runs).
+        rerun: run these ids again even when they finished.
+        force: run every (selected) run again.
+
+    A run that finished is run again, too, when the code of its parts changed since (see
+    :mod:`emofer.grid.fingerprint`). Interrupted (``KeyboardInterrupt``, which ``emofer grid``
+    raises for SIGTERM too), the grid stops its local jobs (:meth:`Launcher.stop`) and re-raises.
 
     Returns:
         One :class:`RunResult` per run, in grid order.
@@ -116,6 +127,7 @@ def run_grid(
     if not wait and section["name"] != "slurm":
         raise ConfigError(f"only the slurm launcher submits without waiting (--no-wait), not {section['name']!r}")
     out = Path(out)
+    check_ids(grid, {"--only": only or [], "--rerun": rerun})
     total = len(grid.runs)
     results: dict[int, RunResult] = {}
 
@@ -135,20 +147,26 @@ def run_grid(
         executing: set[str] = set()
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
+            if only is not None and spec.id not in only:  # not selected: what its folder holds, if anything
+                record(index, collect(spec, run_dir, skipped=True) or RunResult(spec.id, PENDING, varied=spec.varied))
+                continue
             try:
                 cfg = _configure(spec, grid.name, out, [pretrained, prepare, ex.shape], base_model)
+                code = fingerprint(cfg)
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
                 record(index, failed(run_dir, spec, err, 0.0, None))
                 continue
             # a run started from another run's model reruns whenever that run does
-            earlier = None if spec.init_from in executing else finished_earlier(spec, cfg, run_dir, retry_failed)
+            again = force or spec.id in rerun or spec.init_from in executing
+            earlier = None if again else finished_earlier(spec, cfg, run_dir, retry_failed, code)
             if earlier is not None:
                 record(index, earlier)
                 continue
-            task = Task(index, spec, cfg, run_dir)
+            task = Task(index, spec, cfg, run_dir, code=code)
             executing.add(spec.id)
             status, job = read_status(run_dir), read_job(run_dir)
             unfinished = status["status"] in (QUEUED, RUNNING) and status.get("config_hash") == config_hash(cfg)
+            unfinished = unfinished and not again
             if unfinished and job is not None and ex.attach(task, job):
                 log.info("run %s: following its job %s, started earlier", spec.id, job["job_id"])
                 active.append(task)
@@ -171,18 +189,31 @@ def run_grid(
                 return None
             return f"its init_from run {spec.init_from!r} did not finish ({source.status}: {source.error})"
 
-        while todo or active:
-            started = _hand_over(ex, todo, active, by_id, source_state, record, on_run_start, total)
-            ended = _collect_ended(ex, active, source_state, record)
-            if not wait and not todo:
-                break
-            if not started and not ended:
-                time.sleep(ex.poll_s)
-                ex.poll()
+        try:
+            while todo or active:
+                started = _hand_over(ex, todo, active, by_id, source_state, record, on_run_start, total)
+                ended = _collect_ended(ex, active, source_state, record)
+                if not wait and not todo:
+                    break
+                if not started and not ended:
+                    time.sleep(ex.poll_s)
+                    ex.poll()
+        except BaseException:  # Ctrl-C, SIGTERM: local jobs die with the grid (SLURM jobs go on)
+            ex.stop(active)
+            raise
         for task in active:  # submitted, not waited for
             results[task.index] = RunResult(task.spec.id, QUEUED, varied=task.spec.varied)
         write_results([results[i] for i in sorted(results)], out, charts=wait)
     return [results[i] for i in sorted(results)]
+
+
+def check_ids(grid: Grid, given: Mapping[str, Sequence[str]]) -> None:
+    """Refuses run ids (of ``--only``, ``--rerun``) that are not the grid's, naming them and the valid ones."""
+    known = [spec.id for spec in grid.runs]
+    for flag, ids in given.items():
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ConfigError(f"{flag}: no run {', '.join(map(repr, unknown))} in grid {grid.name}; its runs: {', '.join(known)}")
 
 
 def _configure(
@@ -240,7 +271,7 @@ def _hand_over(
     if not ready:
         return settled
     for task in ready:
-        prepare_folder(task.run_dir, task.cfg)
+        prepare_folder(task.run_dir, task.cfg, task.code)
         if on_run_start is not None:
             on_run_start(task.spec, task.index, total)
     try:
@@ -366,8 +397,9 @@ def grid_status(
             # a pretrained prior's weights are not known without pretraining: no change is told then
             known = not grid.pretrain
             changed = known and state != PENDING and status.get("config_hash") not in (None, config_hash(cfg))
+            code_changed = changed_files(status.get("code"), fingerprint(cfg)) if state in (DONE, FAILED) else []
         except Exception as err:
-            state, detail, changed = FAILED, f"{type(err).__name__}: {err}", False
+            state, detail, changed, code_changed = FAILED, f"{type(err).__name__}: {err}", False, []
         if state in (QUEUED, RUNNING) and job is not None:
             live = job_state(job)
             if live == "ended":
@@ -383,5 +415,7 @@ def grid_status(
             detail = f"uar {uar:.4f}" if isinstance(uar, float) else ""
         if changed and state not in ("queued", "running"):
             state, detail = "changed", "its config changed since it ran: the next grid run reruns it"
+        elif code_changed and state not in ("queued", "running"):
+            state, detail = "changed", f"the code of {', '.join(code_changed)} changed since it ran: the next grid run reruns it"
         rows.append({"run": spec.id, "status": state, "job": (job or {}).get("job_id", ""), "detail": detail})
     return rows
