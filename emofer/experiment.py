@@ -186,7 +186,8 @@ def progress_file(out: Path, lines: bool, every_s: float = 2.0) -> Any:
             if trainer.global_rank != 0:
                 return
             now, step, total = time.time(), int(trainer.global_step), int(trainer.max_steps)
-            self.first = self.first or (now, step)
+            if self.first is None:
+                self.first, self.printed = (now, step), now
             loss = trainer.callback_metrics.get("train/loss")
             loss = None if loss is None else float(loss)
             last = step >= total > 0

@@ -23,9 +23,11 @@ are recorded in the run folders, so a grid run again re-attaches to them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -194,11 +196,11 @@ class Launcher:
 
     def stop(self, tasks: list[Task]) -> None:
         """Stops the tasks' jobs that run on this machine (the grid was interrupted); waits until they end."""
-        procs = [t.job for t in tasks if isinstance(t.job, _RecordedJob) and t.job.record.get("launcher") != "slurm"]
-        for job in procs:
-            with contextlib.suppress(OSError):
-                os.kill(int(job.job_id), signal.SIGINT)
-        _wait_ended(procs)
+        local = [t.job for t in tasks if t.job is not None and getattr(t.job, "record", {}).get("launcher") != "slurm"]
+        local = [job for job in local if hasattr(job, "done")]  # a run of this process has no job to stop
+        for job in local:
+            _interrupt_job(int(job.job_id))
+        _wait_ended(local)
 
     def attach(self, task: Task, job: Mapping[str, Any]) -> bool:
         """Follows a job an earlier grid process started, when it is still queued or running."""
@@ -279,7 +281,7 @@ class SubmititLauncher(Launcher):
         return self.executor.submit(RunJob(), *args, resume=task.resume)
 
     def start(self, tasks: list[Task], after: Mapping[int, str]) -> None:
-        with _python_path():
+        with _python_path(), _own_session(self.name != "slurm"):
             if self.name == "slurm":
                 self._start_slurm(tasks, after)
             else:
@@ -320,10 +322,6 @@ class SubmititLauncher(Launcher):
         if self.name == "slurm":  # cluster jobs go on; the next `emofer grid` follows them again
             return
         super().stop(tasks)
-        jobs = [t.job for t in tasks if t.job is not None and not isinstance(t.job, _RecordedJob)]
-        for job in jobs:
-            job.cancel(check=False)  # SIGINT to submitit's local controller, which stops its task
-        _wait_ended(jobs)
 
     def poll(self) -> None:
         if self.name == "slurm":
@@ -337,16 +335,44 @@ class SubmititLauncher(Launcher):
         return task.job.done()
 
 
-def _wait_ended(jobs: list[Any], timeout_s: float = 20.0) -> None:
-    """Waits until the jobs have ended (then kills what is left: a job that ignores SIGINT)."""
+@contextlib.contextmanager
+def _own_session(own: bool) -> Iterator[None]:
+    """Local jobs' controllers start in a session of their own: a Ctrl-C on the terminal reaches the
+    grid alone, which stops its jobs itself (:meth:`Launcher.stop`), with no traceback of theirs."""
+    if not own or os.name != "posix":
+        yield
+        return
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
+def _interrupt_job(pid: int) -> None:
+    """SIGINT to the tasks of submitit's local controller ``pid`` (a task ignores SIGTERM: submitit
+    bypasses it), which end their training; the controller then ends by itself."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    tasks = [int(c) for c in children.read_text().split()] if children.exists() else []
+    for task in tasks or [pid]:
+        with contextlib.suppress(OSError):
+            os.kill(task, signal.SIGINT)
+
+
+def _wait_ended(jobs: list[Any], timeout_s: float = 30.0) -> None:
+    """Waits until the jobs have ended, then kills what is left (with its session's processes)."""
     deadline = time.time() + timeout_s
     while any(not j.done() for j in jobs) and time.time() < deadline:
         time.sleep(0.1)
     for job in jobs:
+        if not job.done():
+            with contextlib.suppress(OSError):
+                os.killpg(int(job.job_id), signal.SIGKILL)
         proc = getattr(job, "_process", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
 
 
 def slurm_parameters(section: Mapping[str, Any], grid_name: str) -> dict[str, Any]:
