@@ -381,7 +381,7 @@ def grid_status(
     Returns:
         One row per run: ``run``, ``status`` (``pending``, ``queued``, ``running``, ``done``,
         ``failed``, ``interrupted`` — its job ended without a result — or ``changed`` — its config
-        differs from the recorded run's), ``job`` (the job id) and ``detail`` (the error's last
+        or the code of its parts differs from the recorded run's), ``job`` (the job id) and ``detail`` (the error's last
         line, the UAR of a finished run, or the job's log folder).
     """
     grid, section = _resolve(grid, launcher)
