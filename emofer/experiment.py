@@ -181,6 +181,7 @@ def progress_file(out: Path, lines: bool, every_s: float = 2.0) -> Any:
         def __init__(self) -> None:
             self.written = self.printed = 0.0
             self.first: tuple[float, int] | None = None
+            self.step = -1
 
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
             if trainer.global_rank != 0:
@@ -195,7 +196,9 @@ def progress_file(out: Path, lines: bool, every_s: float = 2.0) -> Any:
                 self.written = now
                 record = {"step": step, "max_steps": total, "loss": loss, "time": now}
                 atomic_write_text(out / PROGRESS_FILE, json.dumps(record) + "\n")
-            if lines and (last or now - self.printed >= 60 or step % max(1, total // 20) == 0):
+            new = step != self.step  # with gradient accumulation, several batches make one step
+            self.step = step
+            if lines and new and (last or now - self.printed >= 60 or step % max(1, total // 20) == 0):
                 self.printed = now
                 rate = (step - self.first[1]) / max(now - self.first[0], 1e-9)
                 shown = "" if loss is None else f"  loss {loss:.4f}"
