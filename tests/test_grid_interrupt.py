@@ -38,12 +38,12 @@ def test_a_signal_stops_the_grid_and_its_workers_with_one_line_and_no_traceback(
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "emofer.cli", "grid", str(grid_file), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    progress = out / "runs" / "a" / "progress.json"
+    progress = [out / "runs" / run / "progress.json" for run in ("a", "b")[:jobs]]  # every worker trains
     deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline and not progress.exists():
+    while proc.poll() is None and time.time() < deadline and not all(p.exists() for p in progress):
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    assert json.loads(progress.read_text())["max_steps"] == 100000
+    assert json.loads(progress[0].read_text())["max_steps"] == 100000
     jobs_before = [json.loads(p.read_text()) for p in out.glob("runs/*/job.json")]
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
@@ -63,3 +63,35 @@ def test_a_signal_stops_the_grid_and_its_workers_with_one_line_and_no_traceback(
     if launcher == "submitit-local":  # the workers' own log says they were stopped
         logs = "".join(p.read_text() for p in Path(out / "jobs").glob("*/*_log.err"))
         assert logs.count("Detected KeyboardInterrupt") == 2
+
+
+def test_sigterm_while_two_pretraining_stages_train_at_once_stops_them(tmp_path):
+    grid_file = tmp_path / "p.yaml"
+    cache = tmp_path / "cache"
+    grid_file.write_text(
+        f"""
+name: pre
+base: classifier-tiny
+jobs: 2
+pretrain:
+  face_prior: {{prior: {{name: facexformer-tiny, image_size: 32}}, steps: 100000, batch_size: 8, cache_dir: {cache}}}
+  base_model:
+    cache_dir: {cache}
+    overrides: {{train.max_steps: 100000, data.batch_size: 4}}
+runs: [{{id: a}}]
+"""
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "emofer.cli", "grid", str(grid_file), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / "logs" / f"pretrain-{stage}.log" for stage in ("face_prior", "base_model")]
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not all(p.exists() and p.stat().st_size for p in logs):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)  # the stages would train for hours
+    assert proc.returncode == 143, (stdout, stderr)
+    assert "Traceback" not in stderr and "leaked semaphore" not in stderr, stderr
+    assert stdout.strip().splitlines()[-1].startswith("SIGTERM: grid pre stopped with 0 of 1 runs done; resume with:")
+    assert not (out / "runs" / "a").exists()

@@ -103,7 +103,7 @@ class _RecordedJob:
 
 
 @contextlib.contextmanager
-def _python_path() -> Iterator[None]:
+def python_path() -> Iterator[None]:
     """Jobs unpickle the runner: they get this process's ``sys.path`` (for runners of scripts and tests)."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
@@ -281,7 +281,7 @@ class SubmititLauncher(Launcher):
         return self.executor.submit(RunJob(), *args, resume=task.resume)
 
     def start(self, tasks: list[Task], after: Mapping[int, str]) -> None:
-        with _python_path(), _own_session(self.name != "slurm"):
+        with python_path(), _own_session(self.name != "slurm"):
             if self.name == "slurm":
                 self._start_slurm(tasks, after)
             else:

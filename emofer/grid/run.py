@@ -338,6 +338,45 @@ def _pretrain_stage(stage: str, kwargs: dict[str, Any], log_file: Path | None = 
     return str(pretrain_base_model(**kwargs))
 
 
+_STAGE_MAIN = (
+    "import json, sys; from pathlib import Path; from emofer.grid.run import _pretrain_stage; "
+    "a = sys.argv[1:]; Path(a[4]).write_text(_pretrain_stage(a[0], json.loads(a[1]), Path(a[2]), int(a[3])))"
+)
+
+
+def _pretrain_at_once(stages: dict[str, dict[str, Any]], out: Path) -> dict[str, Path]:
+    """Runs the stages at once, each in a subprocess (no multiprocessing pool: an interrupted grid
+    terminates them and leaves no semaphores behind); returns each stage's path."""
+    import subprocess
+    import sys
+
+    from emofer.grid.launchers import python_path
+
+    threads = max(1, (os.cpu_count() or 1) // len(stages))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    procs = {}
+    with python_path():
+        for name, kwargs in stages.items():
+            log_file, result = out / "logs" / f"pretrain-{name}.log", out / "logs" / f".pretrain-{name}.path"
+            result.unlink(missing_ok=True)
+            args = [name, json.dumps(kwargs), str(log_file), str(threads), str(result)]
+            procs[name] = (subprocess.Popen([sys.executable, "-c", _STAGE_MAIN, *args], start_new_session=True), result)
+    try:
+        for name, (proc, result) in procs.items():
+            if proc.wait() != 0 or not result.exists():
+                log_file = out / "logs" / f"pretrain-{name}.log"
+                raise RuntimeError(f"pretraining stage {name} failed (exit status {proc.returncode}); see {log_file}")
+    finally:  # interrupted or failed: the other stage stops too
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    paths = {name: Path(result.read_text()) for name, (_, result) in procs.items()}
+    for _, result in procs.values():
+        result.unlink()
+    return paths
+
+
 def _run_pretraining(
     grid: Grid, out: Path, jobs: int
 ) -> tuple[Callable[[DictConfig], DictConfig] | None, Path | None]:
@@ -351,17 +390,7 @@ def _run_pretraining(
     """
     stages = {name: dict(grid.pretrain[name]) for name in ("face_prior", "base_model") if name in grid.pretrain}
     if jobs > 1 and len(stages) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // len(stages))
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-        with ProcessPoolExecutor(len(stages), mp_context=context) as pool:
-            futures = {
-                name: pool.submit(_pretrain_stage, name, kwargs, out / "logs" / f"pretrain-{name}.log", threads)
-                for name, kwargs in stages.items()
-            }
-            paths = {name: Path(future.result()) for name, future in futures.items()}
+        paths = _pretrain_at_once(stages, out)
     else:
         paths = {name: Path(_pretrain_stage(name, kwargs)) for name, kwargs in stages.items()}
     prior = None
