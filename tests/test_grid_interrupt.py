@@ -95,3 +95,18 @@ runs: [{{id: a}}]
     assert "Traceback" not in stderr and "leaked semaphore" not in stderr, stderr
     assert stdout.strip().splitlines()[-1].startswith("SIGTERM: grid pre stopped with 0 of 1 runs done; resume with:")
     assert not (out / "runs" / "a").exists()
+
+
+def test_two_pretraining_stages_at_once_return_the_paths_of_one_after_the_other(tmp_path):
+    from emofer.grid.run import _pretrain_at_once, _pretrain_stage
+
+    cache = str(tmp_path / "cache")
+    stages = {
+        "face_prior": {"prior": {"name": "facexformer-tiny", "image_size": 32}, "steps": 2, "batch_size": 4,
+                       "cache_dir": cache},
+        "base_model": {"cache_dir": cache, "overrides": {"train": {"max_steps": 2}, "data": {"batch_size": 2}}},
+    }
+    paths = _pretrain_at_once(stages, tmp_path / "out")
+    assert all(p.exists() for p in paths.values())
+    assert (tmp_path / "out" / "logs" / "pretrain-face_prior.log").stat().st_size
+    assert {name: Path(_pretrain_stage(name, kwargs)) for name, kwargs in stages.items()} == paths  # cached
