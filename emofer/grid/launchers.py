@@ -197,7 +197,8 @@ class Launcher:
     def stop(self, tasks: list[Task]) -> None:
         """Stops the tasks' jobs that run on this machine (the grid was interrupted); waits until they end."""
         local = [t.job for t in tasks if t.job is not None and getattr(t.job, "record", {}).get("launcher") != "slurm"]
-        local = [job for job in local if hasattr(job, "done")]  # a run of this process has no job to stop
+        # a run of this process (its result, or a job recorded with this process's id) has no job to stop
+        local = [job for job in local if hasattr(job, "done") and str(job.job_id) != str(os.getpid())]
         for job in local:
             _interrupt_job(int(job.job_id))
         _wait_ended(local)
@@ -353,6 +354,8 @@ def _own_session(own: bool) -> Iterator[None]:
 def _interrupt_job(pid: int) -> None:
     """SIGINT to the tasks of submitit's local controller ``pid`` (a task ignores SIGTERM: submitit
     bypasses it), which end their training; the controller then ends by itself."""
+    if pid == os.getpid():  # a run this process ran (a recorded `local` job): nothing to signal
+        return
     children = Path(f"/proc/{pid}/task/{pid}/children")
     tasks = [int(c) for c in children.read_text().split()] if children.exists() else []
     for task in tasks or [pid]:
@@ -366,9 +369,10 @@ def _wait_ended(jobs: list[Any], timeout_s: float = 30.0) -> None:
     while any(not j.done() for j in jobs) and time.time() < deadline:
         time.sleep(0.1)
     for job in jobs:
-        if not job.done():
-            with contextlib.suppress(OSError):
-                os.killpg(int(job.job_id), signal.SIGKILL)
+        pid = int(job.job_id)
+        with contextlib.suppress(OSError):  # only a controller that leads its own session (never ours)
+            if not job.done() and os.getpgid(pid) == pid and pid != os.getpgrp():
+                os.killpg(pid, signal.SIGKILL)
         proc = getattr(job, "_process", None)
         if proc is not None:
             with contextlib.suppress(Exception):
