@@ -138,6 +138,7 @@ def build_trainer(
     ]
     if progress:
         callbacks.append(RichProgressBar(leave=True))
+    callbacks.append(progress_file(out, lines=not progress and not sys.stderr.isatty()))
     has_val = bool(cfg.data.val)
     plugins = []
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # submitit requeues a preempted job, not Lightning
@@ -166,6 +167,45 @@ def build_trainer(
         check_val_every_n_epoch=None if has_val and t.val_every else 1,
         default_root_dir=out,
     )
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def progress_file(out: Path, lines: bool, every_s: float = 2.0) -> Any:
+    """A callback that keeps ``OUT/progress.json`` (``step``, ``max_steps``, ``loss``, ``time``) current
+    (what ``emofer grid`` shows of a running run) and, with ``lines`` (no bar, stderr a log file),
+    prints ``step 120/1500  loss 1.2345  4.1 steps/s`` to stderr every twentieth of the run or minute."""
+    from lightning.pytorch.callbacks import Callback
+
+    class ProgressFile(Callback):
+        def __init__(self) -> None:
+            self.written = self.printed = 0.0
+            self.first: tuple[float, int] | None = None
+            self.step = -1
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if trainer.global_rank != 0:
+                return
+            now, step, total = time.time(), int(trainer.global_step), int(trainer.max_steps)
+            if self.first is None:
+                self.first, self.printed = (now, step), now
+            loss = trainer.callback_metrics.get("train/loss")
+            loss = None if loss is None else float(loss)
+            last = step >= total > 0
+            if now - self.written >= every_s or last:
+                self.written = now
+                record = {"step": step, "max_steps": total, "loss": loss, "time": now}
+                atomic_write_text(out / PROGRESS_FILE, json.dumps(record) + "\n")
+            new = step != self.step  # with gradient accumulation, several batches make one step
+            self.step = step
+            if lines and new and (last or now - self.printed >= 60 or step % max(1, total // 20) == 0):
+                self.printed = now
+                rate = (step - self.first[1]) / max(now - self.first[0], 1e-9)
+                shown = "" if loss is None else f"  loss {loss:.4f}"
+                print(f"step {step}/{total if total > 0 else '?'}{shown}  {rate:.1f} steps/s", file=sys.stderr, flush=True)
+
+    return ProgressFile()
 
 
 def build_datamodule(cfg: DictConfig, model: EmoFERModel, cached: Sequence[str] = ()) -> Any:
@@ -389,7 +429,9 @@ def run(cfg: DictConfig, out: Path, resume: bool = False) -> dict:
     ``resume`` continues from the run's last checkpoint (a preempted job requeued).
     """
     if not launches_processes(cfg):
-        return train(cfg, out, resume=resume, progress=sys.stderr.isatty())
+        # EMOFER_PROGRESS=lines: `emofer grid` shows its own live table on this terminal
+        bar = sys.stderr.isatty() and os.environ.get("EMOFER_PROGRESS") != "lines"
+        return train(cfg, out, resume=resume, progress=bar)
     save_config(cfg, out / "config.yaml")
     cmd = [sys.executable, "-m", "emofer.cli", "train", "-c", str(out / "config.yaml"), "--out", str(out)]
     # --resume: the folder is this run's (the grid cleared it for a fresh run, so only a preempted run

@@ -48,9 +48,15 @@ restarts interrupted ones from scratch (so the results equal an
 uninterrupted grid), and skips failed ones unless ``retry_failed`` is set.
 A job that SLURM preempts is requeued and continues from its checkpoint.
 
-The modules, top to bottom: :mod:`~emofer.grid.run` (the loop, ``--status``)
-> :mod:`~emofer.grid.launchers` > :mod:`~emofer.grid.jobs` (what a submitit
+A finished run whose parts' code changed since (its recorded fingerprint,
+:mod:`~emofer.grid.fingerprint`) runs again, too.
+
+The modules, top to bottom: :mod:`~emofer.grid.plan` (``--dry-run``) and
+:mod:`~emofer.grid.watch` (the states the live table shows) >
+:mod:`~emofer.grid.run` (the loop, ``--status``) >
+:mod:`~emofer.grid.launchers` > :mod:`~emofer.grid.jobs` (what a submitit
 job runs) > :mod:`~emofer.grid.folder` (the run-folder protocol) >
+:mod:`~emofer.grid.fingerprint` (the code a run uses) >
 :mod:`~emofer.grid.spec` (the grid file).
 """
 

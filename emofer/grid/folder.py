@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from emofer.config import atomic_write_text, save_config, to_yaml
+from emofer.grid.fingerprint import changed_files
 from emofer.report import RunResult
 
 if TYPE_CHECKING:
@@ -82,13 +83,17 @@ def record_job(
     return job
 
 
-def prepare_folder(run_dir: Path, cfg: DictConfig) -> None:
-    """A clean folder for a run about to be handed to a launcher: its config, status ``queued``."""
+def prepare_folder(run_dir: Path, cfg: DictConfig, code: Mapping[str, str] | None = None) -> None:
+    """A clean folder for a run about to be handed to a launcher: its config, status ``queued``
+    and the fingerprint of its code (see :mod:`emofer.grid.fingerprint`), which the job keeps."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     save_config(cfg, run_dir / "config.yaml")
-    write_status(run_dir, {"status": QUEUED, "config_hash": config_hash(cfg)})
+    status: dict[str, Any] = {"status": QUEUED, "config_hash": config_hash(cfg)}
+    if code is not None:
+        status["code"] = dict(code)
+    write_status(run_dir, status)
 
 
 def failed(
@@ -105,6 +110,9 @@ def failed(
     trace = trace if trace is not None else ("" if isinstance(err, str) else traceback.format_exc())
     run_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": FAILED, "error": message, "traceback": trace, "seconds": seconds, "config_hash": digest}
+    code = read_status(run_dir).get("code")  # kept: a failed run reruns when its code changes, too
+    if code is not None:
+        status["code"] = code
     write_status(run_dir, status)
     return RunResult(spec.id, FAILED, seconds=seconds, varied=spec.varied, error=message)
 
@@ -120,13 +128,23 @@ def collect(spec: RunSpec, run_dir: Path, skipped: bool = False) -> RunResult | 
     return None
 
 
-def finished_earlier(spec: RunSpec, cfg: DictConfig, run_dir: Path, retry_failed: bool) -> RunResult | None:
-    """The recorded result of a run that need not run again (done, or failed without ``retry_failed``)."""
+def finished_earlier(
+    spec: RunSpec, cfg: DictConfig, run_dir: Path, retry_failed: bool, code: Mapping[str, str] | None = None
+) -> RunResult | None:
+    """The recorded result of a run that need not run again (done, or failed without ``retry_failed``).
+
+    A run whose config changed, or (given ``code``, its current fingerprint) whose code changed
+    since it ran, runs again, with a warning that names the changed files.
+    """
     status = read_status(run_dir)
     same = status.get("config_hash") == config_hash(cfg)
     if not same:
         if status["status"] != PENDING:
             log.warning("run %s: its config changed since it ran; running it again", spec.id)
+        return None
+    changed = [] if code is None else changed_files(status.get("code"), code)
+    if changed and status["status"] in (DONE, FAILED):
+        log.warning("run %s: the code of its parts changed since it ran (%s); running it again", spec.id, ", ".join(changed))
         return None
     result = collect(spec, run_dir, skipped=True)
     if result is None or (result.status == FAILED and retry_failed):
@@ -156,10 +174,13 @@ def execute(
     before = read_status(run_dir)
     started = before.get("started") if resume and before.get("started") else time.time()
     attempts = int(before.get("attempts", 0)) + 1 if resume else 1
+    code = {"code": before["code"]} if "code" in before else {}
     if writer:
         if resume:
             log.info("run %s: continuing from its last checkpoint", spec.id)
-        write_status(run_dir, {"status": RUNNING, "config_hash": digest, "started": started, "attempts": attempts})
+        write_status(
+            run_dir, {"status": RUNNING, "config_hash": digest, "started": started, "attempts": attempts, **code}
+        )
     try:
         metrics = dict(runner(cfg, run_dir, resume=True) if resume else runner(cfg, run_dir))
     except Exception as err:  # recorded with its traceback; the grid goes on
@@ -170,5 +191,7 @@ def execute(
     if writer:
         if not (run_dir / METRICS_FILE).exists():
             atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-        write_status(run_dir, {"status": DONE, "config_hash": digest, "seconds": seconds, "attempts": attempts})
+        write_status(
+            run_dir, {"status": DONE, "config_hash": digest, "seconds": seconds, "attempts": attempts, **code}
+        )
     return RunResult(spec.id, DONE, seconds, metrics, spec.varied)

@@ -23,9 +23,13 @@ are recorded in the run folders, so a grid run again re-attaches to them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ class Task:
     resume: bool = False
     job: Any = None
     gpus: list[int] = field(default_factory=list)
+    code: dict[str, str] = field(default_factory=dict)
 
 
 def pid_alive(pid: int) -> bool:
@@ -98,7 +103,7 @@ class _RecordedJob:
 
 
 @contextlib.contextmanager
-def _python_path() -> Iterator[None]:
+def python_path() -> Iterator[None]:
     """Jobs unpickle the runner: they get this process's ``sys.path`` (for runners of scripts and tests)."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
@@ -189,6 +194,15 @@ class Launcher:
                 text += f"; its log ends: {lines[-1].strip()}"
         return text
 
+    def stop(self, tasks: list[Task]) -> None:
+        """Stops the tasks' jobs that run on this machine (the grid was interrupted); waits until they end."""
+        local = [t.job for t in tasks if t.job is not None and getattr(t.job, "record", {}).get("launcher") != "slurm"]
+        # a run of this process (its result, or a job recorded with this process's id) has no job to stop
+        local = [job for job in local if hasattr(job, "done") and str(job.job_id) != str(os.getpid())]
+        for job in local:
+            _interrupt_job(int(job.job_id))
+        _wait_ended(local)
+
     def attach(self, task: Task, job: Mapping[str, Any]) -> bool:
         """Follows a job an earlier grid process started, when it is still queued or running."""
         family = "slurm" if self.name == "slurm" else "local"
@@ -268,7 +282,7 @@ class SubmititLauncher(Launcher):
         return self.executor.submit(RunJob(), *args, resume=task.resume)
 
     def start(self, tasks: list[Task], after: Mapping[int, str]) -> None:
-        with _python_path():
+        with python_path(), _own_session(self.name != "slurm"):
             if self.name == "slurm":
                 self._start_slurm(tasks, after)
             else:
@@ -305,6 +319,11 @@ class SubmititLauncher(Launcher):
             finally:
                 self.executor.update_parameters(dependency=None, additional_parameters=extra or None)
 
+    def stop(self, tasks: list[Task]) -> None:
+        if self.name == "slurm":  # cluster jobs go on; the next `emofer grid` follows them again
+            return
+        super().stop(tasks)
+
     def poll(self) -> None:
         if self.name == "slurm":
             import submitit
@@ -315,6 +334,49 @@ class SubmititLauncher(Launcher):
         if self.name == "slurm" and not isinstance(task.job, _RecordedJob):
             return task.job.watcher.is_done(task.job.job_id, mode="cache")
         return task.job.done()
+
+
+@contextlib.contextmanager
+def _own_session(own: bool) -> Iterator[None]:
+    """Local jobs' controllers start in a session of their own: a Ctrl-C on the terminal reaches the
+    grid alone, which stops its jobs itself (:meth:`Launcher.stop`), with no traceback of theirs."""
+    if not own or os.name != "posix":
+        yield
+        return
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
+def _interrupt_job(pid: int) -> None:
+    """SIGINT to the tasks of submitit's local controller ``pid`` (a task ignores SIGTERM: submitit
+    bypasses it), which end their training; the controller then ends by itself."""
+    if pid == os.getpid():  # a run this process ran (a recorded `local` job): nothing to signal
+        return
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    tasks = [int(c) for c in children.read_text().split()] if children.exists() else []
+    for task in tasks or [pid]:
+        with contextlib.suppress(OSError):
+            os.kill(task, signal.SIGINT)
+
+
+def _wait_ended(jobs: list[Any], timeout_s: float = 30.0) -> None:
+    """Waits until the jobs have ended, then kills what is left (with its session's processes)."""
+    deadline = time.time() + timeout_s
+    while any(not j.done() for j in jobs) and time.time() < deadline:
+        time.sleep(0.1)
+    for job in jobs:
+        pid = int(job.job_id)
+        with contextlib.suppress(OSError):  # only a controller that leads its own session (never ours)
+            if not job.done() and os.getpgid(pid) == pid and pid != os.getpgrp():
+                os.killpg(pid, signal.SIGKILL)
+        proc = getattr(job, "_process", None)
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
 
 
 def slurm_parameters(section: Mapping[str, Any], grid_name: str) -> dict[str, Any]:

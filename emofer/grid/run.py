@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from emofer.config import ConfigError, atomic_write_text
+from emofer.grid.fingerprint import changed_files, fingerprint
 from emofer.grid.folder import (
     DONE,
     FAILED,
@@ -79,6 +80,9 @@ def run_grid(
     on_run_end: Callable[[RunResult, int, int], None] | None = None,
     launcher: str | None = None,
     wait: bool = True,
+    only: Sequence[str] | None = None,
+    rerun: Sequence[str] = (),
+    force: bool = False,
 ) -> list[RunResult]:
     """Runs every run of a grid that is not finished yet and writes the grid's results.
 
@@ -101,6 +105,13 @@ def run_grid(
         launcher: a launcher name that replaces the grid's (``--launcher``).
         wait: False submits every run and returns (``slurm``): the runs not finished are
             returned as ``queued``; run the grid again to collect them.
+        only: run just these run ids (the others' recorded results are read, nothing of them runs).
+        rerun: run these ids again even when they finished.
+        force: run every (selected) run again.
+
+    A run that finished is run again, too, when the code of its parts changed since (see
+    :mod:`emofer.grid.fingerprint`). Interrupted (``KeyboardInterrupt``, which ``emofer grid``
+    raises for SIGTERM too), the grid stops its local jobs (:meth:`Launcher.stop`) and re-raises.
 
     Returns:
         One :class:`RunResult` per run, in grid order.
@@ -116,6 +127,7 @@ def run_grid(
     if not wait and section["name"] != "slurm":
         raise ConfigError(f"only the slurm launcher submits without waiting (--no-wait), not {section['name']!r}")
     out = Path(out)
+    check_ids(grid, {"--only": only or [], "--rerun": rerun})
     total = len(grid.runs)
     results: dict[int, RunResult] = {}
 
@@ -135,20 +147,26 @@ def run_grid(
         executing: set[str] = set()
         for index, spec in enumerate(grid.runs):
             run_dir = out / "runs" / spec.id
+            if only is not None and spec.id not in only:  # not selected: what its folder holds, if anything
+                record(index, collect(spec, run_dir, skipped=True) or RunResult(spec.id, PENDING, varied=spec.varied))
+                continue
             try:
                 cfg = _configure(spec, grid.name, out, [pretrained, prepare, ex.shape], base_model)
+                code = fingerprint(cfg)
             except Exception as err:  # a run with a broken config is recorded, the grid goes on
                 record(index, failed(run_dir, spec, err, 0.0, None))
                 continue
             # a run started from another run's model reruns whenever that run does
-            earlier = None if spec.init_from in executing else finished_earlier(spec, cfg, run_dir, retry_failed)
+            again = force or spec.id in rerun or spec.init_from in executing
+            earlier = None if again else finished_earlier(spec, cfg, run_dir, retry_failed, code)
             if earlier is not None:
                 record(index, earlier)
                 continue
-            task = Task(index, spec, cfg, run_dir)
+            task = Task(index, spec, cfg, run_dir, code=code)
             executing.add(spec.id)
             status, job = read_status(run_dir), read_job(run_dir)
             unfinished = status["status"] in (QUEUED, RUNNING) and status.get("config_hash") == config_hash(cfg)
+            unfinished = unfinished and not again
             if unfinished and job is not None and ex.attach(task, job):
                 log.info("run %s: following its job %s, started earlier", spec.id, job["job_id"])
                 active.append(task)
@@ -171,18 +189,31 @@ def run_grid(
                 return None
             return f"its init_from run {spec.init_from!r} did not finish ({source.status}: {source.error})"
 
-        while todo or active:
-            started = _hand_over(ex, todo, active, by_id, source_state, record, on_run_start, total)
-            ended = _collect_ended(ex, active, source_state, record)
-            if not wait and not todo:
-                break
-            if not started and not ended:
-                time.sleep(ex.poll_s)
-                ex.poll()
+        try:
+            while todo or active:
+                started = _hand_over(ex, todo, active, by_id, source_state, record, on_run_start, total)
+                ended = _collect_ended(ex, active, source_state, record)
+                if not wait and not todo:
+                    break
+                if not started and not ended:
+                    time.sleep(ex.poll_s)
+                    ex.poll()
+        except BaseException:  # Ctrl-C, SIGTERM: local jobs die with the grid (SLURM jobs go on)
+            ex.stop(active)
+            raise
         for task in active:  # submitted, not waited for
             results[task.index] = RunResult(task.spec.id, QUEUED, varied=task.spec.varied)
         write_results([results[i] for i in sorted(results)], out, charts=wait)
     return [results[i] for i in sorted(results)]
+
+
+def check_ids(grid: Grid, given: Mapping[str, Sequence[str]]) -> None:
+    """Refuses run ids (of ``--only``, ``--rerun``) that are not the grid's, naming them and the valid ones."""
+    known = [spec.id for spec in grid.runs]
+    for flag, ids in given.items():
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ConfigError(f"{flag}: no run {', '.join(map(repr, unknown))} in grid {grid.name}; its runs: {', '.join(known)}")
 
 
 def _configure(
@@ -240,7 +271,7 @@ def _hand_over(
     if not ready:
         return settled
     for task in ready:
-        prepare_folder(task.run_dir, task.cfg)
+        prepare_folder(task.run_dir, task.cfg, task.code)
         if on_run_start is not None:
             on_run_start(task.spec, task.index, total)
     try:
@@ -307,6 +338,45 @@ def _pretrain_stage(stage: str, kwargs: dict[str, Any], log_file: Path | None = 
     return str(pretrain_base_model(**kwargs))
 
 
+_STAGE_MAIN = (
+    "import json, sys; from pathlib import Path; from emofer.grid.run import _pretrain_stage; "
+    "a = sys.argv[1:]; Path(a[4]).write_text(_pretrain_stage(a[0], json.loads(a[1]), Path(a[2]), int(a[3])))"
+)
+
+
+def _pretrain_at_once(stages: dict[str, dict[str, Any]], out: Path) -> dict[str, Path]:
+    """Runs the stages at once, each in a subprocess (no multiprocessing pool: an interrupted grid
+    terminates them and leaves no semaphores behind); returns each stage's path."""
+    import subprocess
+    import sys
+
+    from emofer.grid.launchers import python_path
+
+    threads = max(1, (os.cpu_count() or 1) // len(stages))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    procs = {}
+    with python_path():
+        for name, kwargs in stages.items():
+            log_file, result = out / "logs" / f"pretrain-{name}.log", out / "logs" / f".pretrain-{name}.path"
+            result.unlink(missing_ok=True)
+            args = [name, json.dumps(kwargs), str(log_file), str(threads), str(result)]
+            procs[name] = (subprocess.Popen([sys.executable, "-c", _STAGE_MAIN, *args], start_new_session=True), result)
+    try:
+        for name, (proc, result) in procs.items():
+            if proc.wait() != 0 or not result.exists():
+                log_file = out / "logs" / f"pretrain-{name}.log"
+                raise RuntimeError(f"pretraining stage {name} failed (exit status {proc.returncode}); see {log_file}")
+    finally:  # interrupted or failed: the other stage stops too
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    paths = {name: Path(result.read_text()) for name, (_, result) in procs.items()}
+    for _, result in procs.values():
+        result.unlink()
+    return paths
+
+
 def _run_pretraining(
     grid: Grid, out: Path, jobs: int
 ) -> tuple[Callable[[DictConfig], DictConfig] | None, Path | None]:
@@ -320,17 +390,7 @@ def _run_pretraining(
     """
     stages = {name: dict(grid.pretrain[name]) for name in ("face_prior", "base_model") if name in grid.pretrain}
     if jobs > 1 and len(stages) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // len(stages))
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-        with ProcessPoolExecutor(len(stages), mp_context=context) as pool:
-            futures = {
-                name: pool.submit(_pretrain_stage, name, kwargs, out / "logs" / f"pretrain-{name}.log", threads)
-                for name, kwargs in stages.items()
-            }
-            paths = {name: Path(future.result()) for name, future in futures.items()}
+        paths = _pretrain_at_once(stages, out)
     else:
         paths = {name: Path(_pretrain_stage(name, kwargs)) for name, kwargs in stages.items()}
     prior = None
@@ -350,7 +410,7 @@ def grid_status(
     Returns:
         One row per run: ``run``, ``status`` (``pending``, ``queued``, ``running``, ``done``,
         ``failed``, ``interrupted`` — its job ended without a result — or ``changed`` — its config
-        differs from the recorded run's), ``job`` (the job id) and ``detail`` (the error's last
+        or the code of its parts differs from the recorded run's), ``job`` (the job id) and ``detail`` (the error's last
         line, the UAR of a finished run, or the job's log folder).
     """
     grid, section = _resolve(grid, launcher)
@@ -366,8 +426,9 @@ def grid_status(
             # a pretrained prior's weights are not known without pretraining: no change is told then
             known = not grid.pretrain
             changed = known and state != PENDING and status.get("config_hash") not in (None, config_hash(cfg))
+            code_changed = changed_files(status.get("code"), fingerprint(cfg)) if state in (DONE, FAILED) else []
         except Exception as err:
-            state, detail, changed = FAILED, f"{type(err).__name__}: {err}", False
+            state, detail, changed, code_changed = FAILED, f"{type(err).__name__}: {err}", False, []
         if state in (QUEUED, RUNNING) and job is not None:
             live = job_state(job)
             if live == "ended":
@@ -383,5 +444,7 @@ def grid_status(
             detail = f"uar {uar:.4f}" if isinstance(uar, float) else ""
         if changed and state not in ("queued", "running"):
             state, detail = "changed", "its config changed since it ran: the next grid run reruns it"
+        elif code_changed and state not in ("queued", "running"):
+            state, detail = "changed", f"the code of {', '.join(code_changed)} changed since it ran: the next grid run reruns it"
         rows.append({"run": spec.id, "status": state, "job": (job or {}).get("job_id", ""), "detail": detail})
     return rows
