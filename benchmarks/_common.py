@@ -157,6 +157,12 @@ def _measured(obj: Any) -> Any:
         return {k: _measured(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_measured(v) for v in obj]
+    if isinstance(obj, str):  # generated assets live in the cache: the same recipe wherever the cache is
+        from emofer.paths import default_cache_dir
+
+        cache = str(default_cache_dir())
+        if obj.startswith(cache):
+            return "$EMOFER_CACHE" + obj[len(cache) :]
     return obj
 
 
