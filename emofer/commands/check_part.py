@@ -19,17 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_kwargs(items: list[str]) -> dict:
     """``["dim=64", "act=gelu"]`` to ``{"dim": 64, "act": "gelu"}`` (values parsed as YAML)."""
-    import yaml
+    from emofer.commands._args import key_values
 
-    from emofer.config import ConfigError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"part arguments are key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    return key_values(items, "part arguments")
 
 
 def run(args: argparse.Namespace) -> int:

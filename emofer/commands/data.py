@@ -35,17 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_options(options: list[str]) -> dict:
-    import yaml
+    from emofer.commands._args import key_values
 
-    from emofer.config import ConfigError
-
-    out = {}
-    for opt in options:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"data info: expected KEY=VALUE, got {opt!r}")
-        out[key] = yaml.safe_load(value) if value else ""
-    return out
+    return key_values(options, "data info")
 
 
 def run(args: argparse.Namespace) -> int:
