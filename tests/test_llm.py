@@ -495,3 +495,17 @@ def test_classifier_maps_candidates_and_targets() -> None:
     assert head.embed_text(["x"]) is None and head.text_dim is None
     with pytest.raises(ValueError, match=r"classifier has no class\(es\) \['contempt'\]"):
         head.score(tokens, [""] * 4, ["contempt"])
+
+
+def test_token_ids_stay_right_when_the_memo_fills_up(monkeypatch):
+    """A call whose texts are partly memoised and overflow the memo gets every text's ids (was a KeyError)."""
+    from emofer.llm.causal_lm import CausalLMHead
+
+    head = LLM_HEADS.build({"name": "causal-lm", "path": "tiny-llama"})
+    assert isinstance(head, CausalLMHead)
+    monkeypatch.setattr(CausalLMHead, "TEXT_MEMO_SIZE", 3)
+    texts = ["happy face", "sad face", "an angry face", "a calm face"]
+    want = [head.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert head.token_ids(texts[:2]) == want[:2]
+    assert head.token_ids(texts) == want  # 2 memoised + 2 new > 3: cleared, all tokenized again
+    assert head.token_ids(texts[1:3]) == want[1:3]

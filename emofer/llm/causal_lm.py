@@ -60,6 +60,9 @@ class CausalLMHead(LLMHead):
         torch.Size([1, 2])
     """
 
+    TEXT_MEMO_SIZE = 65_536
+    """Distinct texts whose token ids :meth:`token_ids` keeps (the memo is cleared when full)."""
+
     def __init__(
         self,
         path: str | None = None,
@@ -174,16 +177,18 @@ class CausalLMHead(LLMHead):
         return self.model.get_input_embeddings()(ids), mask.bool()
 
     def token_ids(self, texts: list[str], special: bool = False) -> list[list[int]]:
-        """Token ids of each text, each distinct string tokenized once per head (kept up to 65,536).
+        """Token ids of each text, each distinct string tokenized once per head (kept up to :attr:`TEXT_MEMO_SIZE`).
 
         The prompt pieces before the visual tokens, evaluation questions and
         repeated training questions then cost a lookup instead of a tokenizer call.
         """
         memo = self._text_ids
-        new = [t for t in dict.fromkeys(texts) if (t, special) not in memo]
+        distinct = list(dict.fromkeys(texts))
+        new = [t for t in distinct if (t, special) not in memo]
         if new:
-            if len(memo) + len(new) > 65_536:
-                memo.clear()
+            if len(memo) + len(new) > self.TEXT_MEMO_SIZE:
+                memo.clear()  # and tokenize every text of this call, the memoised ones too
+                new = distinct
             for text, ids in zip(new, self.tok(new, add_special_tokens=special)["input_ids"], strict=True):
                 memo[(text, special)] = ids
         return [memo[(t, special)] for t in texts]
