@@ -30,7 +30,7 @@ def test_stage0_data_asks_every_task_and_never_the_expression():
     seen = Counter()
     for i in range(len(ds)):
         s = ds[i]
-        assert set(s) == {"id", "image", "question", "answer", "label", "classes", "task"}  # no expression label
+        assert set(s) == {"id", "media_id", "image", "question", "answer", "label", "classes", "task"}  # no expression label
         text = f"{s['question']} {s['answer']}".lower().replace(",", " ").replace("?", " ").replace(".", " ")
         assert not EXPRESSION_WORDS & set(text.split()), s["question"]
         assert not any(cue.lower() in text for cue in CUES.values())

@@ -198,3 +198,46 @@ def test_sample_grid_png(tmp_path):
     out = save_grid(tmp_path / "grid.png", per_class=2, dpi=40)
     img = Image.open(out)
     assert img.size[1] > img.size[0] / 2 and img.mode in ("RGBA", "RGB")
+
+
+def test_cached_faces_are_transformed_once_and_give_the_same_tensors():
+    from emofer.data.pipeline import ItemDataset
+    from emofer.encoders import ENCODERS
+
+    encoder = ENCODERS.build({"name": "cnn-tiny", "image_size": 32, "width": 8, "num_blocks": 3})
+    calls = Counter()
+    train_tf = encoder.transform(True)
+    fixed = train_tf.fixed
+
+    def counted(image):
+        calls[id(image)] += 1
+        return fixed(image)
+
+    train_tf.fixed = counted
+    plain = SynthFER("train", size=6, num_frames=3)
+    kept = SynthFER("train", size=6, num_frames=3, cache=True)
+    assert kept.fixed_media and not plain.fixed_media
+    reference = ItemDataset(plain, SampleProcessor((encoder.transform(True), encoder.transform(False)), train=True,
+                                                   num_frames=2))
+    memoised = ItemDataset(kept, SampleProcessor((train_tf, encoder.transform(False)), train=True, num_frames=2))
+    for epoch in range(3):
+        for i in range(len(kept)):
+            torch.manual_seed(100 * epoch + i)  # the same frame choice, option order and flip on both sides
+            a = reference[i]
+            torch.manual_seed(100 * epoch + i)
+            b = memoised[i]
+            assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["face_pixels"], b["face_pixels"])
+            assert a["question"] == b["question"]
+    assert calls and max(calls.values()) == 1  # every kept frame was resized once, in three epochs
+    # the training flip still happens, on the kept tensor
+    stills = ItemDataset(SynthFER("train", size=4, cache=True), SampleProcessor((encoder.transform(True), None), train=True))
+    upright = encoder.transform(False)(stills.base[0]["image"])
+    outs = [stills[0]["pixels"][0] for _ in range(12)]
+    assert all(torch.equal(o, upright) or torch.equal(o, upright.flip(-1)) for o in outs)
+    assert {torch.equal(o, upright) for o in outs} == {True, False}
+    # frames a data set does not keep are transformed every time
+    fresh = SampleProcessor((train_tf, None), train=True, num_frames=2)
+    calls.clear()
+    for _ in range(2):
+        fresh(plain[0])
+    assert sum(calls.values()) == 4

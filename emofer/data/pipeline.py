@@ -81,6 +81,21 @@ class SampleProcessor:
         self.face_detector = face_detector
         self.face_margin = face_margin
         self.face_fallbacks = 0
+        self._memo: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _transform(self, which: str, tf: Transform, frame: Image.Image, key: tuple[Any, ...] | None) -> torch.Tensor:
+        """``tf(frame)``; with a ``key`` and a transform split into ``fixed``/``random`` parts
+        (:class:`emofer.encoders._common.Preprocess`), the fixed part is kept per key and only the
+        random part runs again: the same numbers, without resizing the same face every epoch."""
+        fixed = getattr(tf, "fixed", None)
+        if key is None or fixed is None:
+            return tf(frame)
+        memo_key = (which, *key)
+        out = self._memo.get(memo_key)
+        if out is None:
+            out = self._memo[memo_key] = fixed(frame)
+        random = getattr(tf, "random", None)
+        return out if random is None else random(out)
 
     def _rng(self) -> np.random.Generator | None:
         """Training randomness, drawn from torch's RNG: DataLoader seeds it per worker, and
@@ -126,13 +141,25 @@ class SampleProcessor:
                                                       f"{w}x{h} image{where}")
         return [f.crop(bounds) for f in frames], bounds
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], memo: Any = None) -> dict[str, Any]:
+        """The model item of ``sample``.
+
+        ``memo``: a key of the data set when the sample's frames are the same
+        images every time it is read (an in-memory data set such as SynthFER
+        with ``cache``): the deterministic part of each transform is then
+        computed once per frame and kept under ``(memo, media id, frame)`` (the
+        sample's ``media_id`` when several samples share frames, else its ``id``).
+        """
         rng = self._rng()
         frames, idx = self.frames(sample, rng)
         bounds = None
         if self.face_crop:
             frames, bounds = self._crop(frames, sample)
-        pixels = torch.stack([self.encoder_tf(f) for f in frames])
+        keys: list[tuple[Any, ...] | None] = [None] * len(frames)
+        if memo is not None and not self.face_crop and len(idx) == len(frames):
+            media = str(sample.get("media_id", sample["id"]))
+            keys = [(memo, media, i) for i in idx]
+        pixels = torch.stack([self._transform("encoder", self.encoder_tf, f, k) for f, k in zip(frames, keys, strict=True)])
         classes = tuple(sample["classes"])
         video = "image" not in sample and not _is_image(sample.get("media"))
         if sample.get("question") is not None:
@@ -149,7 +176,8 @@ class SampleProcessor:
             "target": int(sample["label"]),
         }
         if self.prior_tf is not None:
-            item["face_pixels"] = torch.stack([self.prior_tf(f) for f in frames])
+            face = [self._transform("prior", self.prior_tf, f, k) for f, k in zip(frames, keys, strict=True)]
+            item["face_pixels"] = torch.stack(face)
         if sample.get("attributes") is not None:
             item["attributes"] = {k: int(sample["attributes"].get(k, -1)) for k in ATTRIBUTES}
         landmarks = sample.get("landmarks")
@@ -200,6 +228,8 @@ class ItemDataset(Dataset):
         self.max_tries = max_tries
         self.replace = replace
         self.name = getattr(base, "name", type(base).__name__)
+        # the processor may be shared by several data sets: the base's identity keeps their memos apart
+        self.memo = id(base) if getattr(base, "fixed_media", False) else None
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -210,7 +240,7 @@ class ItemDataset(Dataset):
         for attempt in range(min(self.max_tries, n)):
             j = (index + attempt) % n
             try:
-                item = self.processor(self.base[j])
+                item = self.processor(self.base[j], memo=self.memo)
             except BadSampleError as err:
                 if self.policy == "error":
                     raise

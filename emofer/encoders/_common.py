@@ -53,27 +53,53 @@ def _real_probe(
             module.training = training
 
 
+class Preprocess:
+    """A PIL-to-tensor transform in two parts: ``fixed`` (deterministic) then ``random`` (augmentation).
+
+    ``transform(image) == random(fixed(image))``. The split lets the data
+    pipeline keep ``fixed(image)`` of a face it sees every epoch and draw
+    only the augmentation anew (``emofer.data.pipeline.SampleProcessor``).
+
+    Args:
+        fixed: the deterministic steps (e.g. resize, to tensor, normalise).
+        random: the random steps on the tensor ``fixed`` returns, or None.
+    """
+
+    def __init__(self, fixed: Callable, random: Callable | None = None) -> None:
+        self.fixed = fixed
+        self.random = random
+
+    def __call__(self, image):
+        out = self.fixed(image)
+        return out if self.random is None else self.random(out)
+
+    def __repr__(self) -> str:
+        return f"Preprocess(fixed={self.fixed!r}, random={self.random!r})"
+
+
 def resize_transform(
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     flip: bool = False,
-) -> Callable:
+) -> Preprocess:
     """PIL image to a normalised ``[3,S,S]`` tensor: bicubic resize, optional flip.
 
     The preprocessing of models whose weights define no other (random tiny
-    encoders) and of FaceXFormer (224 bicubic + ImageNet statistics).
+    encoders) and of FaceXFormer (224 bicubic + ImageNet statistics). The
+    flip runs on the normalised tensor (the same numbers as flipping the
+    resized image: a flip commutes with the per-pixel steps), as the
+    :class:`Preprocess`'s random part.
     """
     from torchvision import transforms as T
 
-    steps: list[Callable] = [
+    fixed = T.Compose([
         T.Lambda(_to_rgb),
         T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
-    ]
-    if flip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+    return Preprocess(fixed, T.RandomHorizontalFlip() if flip else None)
 
 
 def _to_rgb(image):  # module level so the transform pickles into DataLoader workers

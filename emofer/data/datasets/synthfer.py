@@ -136,6 +136,12 @@ class SynthFER(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def fixed_media(self) -> bool:
+        """True when rendered faces are kept (``cache``): each index gives the same frames every time,
+        so the data pipeline may keep their transformed tensors too."""
+        return self._cache is not None
+
     def label(self, index: int) -> int:
         """The class of sample ``index`` (balanced: ``index % 7``; else from the class distribution)."""
         if self._labels is not None:

@@ -91,7 +91,7 @@ class SynthFERDescribe(Dataset):
         tasks: the tasks asked (default all, in :data:`TASKS`'s order).
         cache: keep rendered faces in memory (SynthFER's ``cache``).
 
-    A sample is ``{"id", "image", "question", "answer", "label" (the answer's
+    A sample is ``{"id", "media_id" (the face's SynthFER id), "image", "question", "answer", "label" (the answer's
     index in ``classes``), "classes" (the asked tasks' options: :data:`ANSWERS`
     for all tasks), "task"}``: no expression label, landmarks, attributes or
     intensity. A test set of one task (``tasks: [gender]``) scores the answer
@@ -125,6 +125,11 @@ class SynthFERDescribe(Dataset):
     def __len__(self) -> int:
         return len(self.faces) * len(self.tasks)
 
+    @property
+    def fixed_media(self) -> bool:
+        """SynthFER's :attr:`~emofer.data.datasets.synthfer.SynthFER.fixed_media` (rendered faces kept)."""
+        return self.faces.fixed_media
+
     def label(self, index: int) -> int:
         """The index in ``classes`` of sample ``index``'s answer (renders the face)."""
         return self.classes.index(self[index]["answer"])
@@ -141,6 +146,7 @@ class SynthFERDescribe(Dataset):
         answer = answers(sample)[name]
         return {
             "id": f"{self.name}-{face:05d}-{name}",
+            "media_id": sample["id"],  # the face: every task's sample shows the same image
             "image": sample["image"],
             "question": f"{question} Choose one from the following options: {{{', '.join(shuffled)}}}.",
             "answer": answer,
