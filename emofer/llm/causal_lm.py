@@ -12,7 +12,7 @@ from emofer.llm import LLM_HEADS, decoding
 from emofer.llm.base import LLMHead
 from emofer.llm.loading import load_causal_lm, load_tokenizer, lora_config
 from emofer.llm.prompts import get_template
-from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, left_padded, pack, pad_ids
+from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, pack, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +208,15 @@ class CausalLMHead(LLMHead):
             self._answer_ids[answer] = ids
         return self._answer_ids[answer]
 
-    def pack(self, num_visual: int, questions: list[str], answers: list[str] | None = None) -> PackedBatch:
-        """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch."""
+    def pack(
+        self, num_visual: int, questions: list[str], answers: list[str] | None = None, left: bool = False
+    ) -> PackedBatch:
+        """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch (``left``: left padding)."""
         pieces = [self.template.split(q, self.system) for q in questions]
         prefix = self.token_ids([p[0] for p in pieces], special=True)
         suffix = self.token_ids([p[1] for p in pieces])
         answer = None if answers is None else [self.answer_ids(a) for a in answers]
-        return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device)
+        return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device, left=left)
 
     # -- read-outs ------------------------------------------------------
     @property
@@ -327,7 +329,7 @@ class CausalLMHead(LLMHead):
     def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
         """Greedy answers (at most ``max_new_tokens`` tokens) by the model's ``generate``, cut at the end marker."""
         self._check(tokens, questions)
-        packed = left_padded(self.pack(tokens.shape[1], questions))
+        packed = self.pack(tokens.shape[1], questions, left=True)
         stop_ids, stop_strings = self.stop_tokens()
         rows = decoding.generate(
             self.model,
