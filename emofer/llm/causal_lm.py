@@ -238,6 +238,15 @@ class CausalLMHead(LLMHead):
         self, tokens: torch.Tensor, questions: list[str], answers: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of every answer token (teacher forcing) and the row each belongs to."""
+        logits, targets, where = self._answer_token_logits(tokens, questions, answers)
+        logprobs = logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(where)[where]
+        return logprobs, rows
+
+    def _answer_token_logits(
+        self, tokens: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits [N,V], targets [N], where [B,L-1])`` of the ``N`` answer tokens (teacher forcing)."""
         self._check(tokens, questions)
         packed = self.pack(tokens.shape[1], questions, answers)
         targets = packed.labels[:, 1:]
@@ -255,10 +264,7 @@ class CausalLMHead(LLMHead):
             packed.position_ids,
             logits_to_keep=keep,
         )
-        picked = logits[where[:, keep]].float().log_softmax(-1)
-        logprobs = picked.gather(1, targets[where][:, None]).squeeze(1)
-        rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(targets)[where]
-        return logprobs, rows
+        return logits[where[:, keep]], targets[where], where
 
     def answer_logits(self, tokens: torch.Tensor, questions: list[str], answers: list[str]) -> list[torch.Tensor]:
         """The logits ``[A_i,V]`` that predict each answer token of each sample (teacher forcing).
@@ -287,8 +293,8 @@ class CausalLMHead(LLMHead):
         classes: list[str] | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of the batch (prompt and visual slots ignored)."""
-        logprobs, _ = self._answer_token_logprobs(tokens, questions, answers)
-        return -logprobs.mean()
+        logits, targets, _ = self._answer_token_logits(tokens, questions, answers)
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     def _prompt(self, tokens: torch.Tensor, questions: list[str]) -> tuple[PackedBatch, torch.Tensor]:
         self._check(tokens, questions)
