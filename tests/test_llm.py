@@ -339,16 +339,20 @@ def test_generate_equals_uncached_greedy(template: str, lora: bool) -> None:
     assert any(batched), "the tiny model should produce some text"
 
 
+def left_padded_prompts(head: CausalLMHead) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeds, mask)`` of the three questions with random visual tokens, packed for ``generate``."""
+    packed = head.pack(5, QUESTIONS, left=True)
+    return head._embed(packed, visual(3, seed=4)), packed.attention_mask
+
+
 def test_generate_stops_rows_independently(head: CausalLMHead) -> None:
     """Rows end at their own stop id; a row that never stops runs to the budget."""
-    tokens = visual(3, seed=4)
     with torch.no_grad():
-        packed = head.pack(5, QUESTIONS, left=True)
-        embeds = head._embed(packed, tokens)
-        free = decoding.generate(head.model, embeds, packed.attention_mask, 4, set(), 0)
+        embeds, mask = left_padded_prompts(head)
+        free = decoding.generate(head.model, embeds, mask, 4, set(), 0)
         assert [len(r) for r in free] == [4, 4, 4]
         stop = free[1][1]  # make row 1's second token a stop: row 1 ends there, the others go on
-        rows = decoding.generate(head.model, embeds, packed.attention_mask, 4, {stop}, 0)
+        rows = decoding.generate(head.model, embeds, mask, 4, {stop}, 0)
     assert rows[1] == free[1][:1]
     for r, f in zip(rows, free, strict=True):
         assert r == f[: f.index(stop)] if stop in f else r == f
@@ -356,13 +360,11 @@ def test_generate_stops_rows_independently(head: CausalLMHead) -> None:
 
 def test_generate_stops_at_multi_token_stop_strings(head: CausalLMHead) -> None:
     """A stop string of two tokens ends a row once its text appears (pad ids follow); the criterion is built once."""
-    tokens = visual(3, seed=4)
     with torch.no_grad():
-        packed = head.pack(5, QUESTIONS, left=True)
-        embeds = head._embed(packed, tokens)
-        free = decoding.generate(head.model, embeds, packed.attention_mask, 5, set(), 0)
+        embeds, mask = left_padded_prompts(head)
+        free = decoding.generate(head.model, embeds, mask, 5, set(), 0)
         stop = head.tokenizer.decode(free[1][1:3])
-        rows = decoding.generate(head.model, embeds, packed.attention_mask, 5, set(), 0, (stop,), head.tokenizer)
+        rows = decoding.generate(head.model, embeds, mask, 5, set(), 0, (stop,), head.tokenizer)
     for r, f in zip(rows, free, strict=True):
         end = next((k for k in range(1, len(f) + 1) if stop in head.tokenizer.decode(f[:k])), len(f))
         assert r == f[:end] + [0] * (len(f) - end)  # a stopped row is padded to the batch's length
