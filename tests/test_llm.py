@@ -11,7 +11,7 @@ from emofer.llm.causal_lm import CausalLMHead
 from emofer.llm.classifier import ClassifierHead
 from emofer.llm.parsing import invalid_rate, parse_label
 from emofer.llm.prompts import PROMPT_TEMPLATES, PromptTemplate, get_template, register_template
-from emofer.llm.sequence import IGNORE_INDEX, left_padded, pack
+from emofer.llm.sequence import IGNORE_INDEX, pack
 from emofer.testing import build_tiny_tokenizer, tiny_llm_dir
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
@@ -339,28 +339,48 @@ def test_generate_equals_uncached_greedy(template: str, lora: bool) -> None:
     assert any(batched), "the tiny model should produce some text"
 
 
+def left_padded_prompts(head: CausalLMHead) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embeds, mask)`` of the three questions with random visual tokens, packed for ``generate``."""
+    packed = head.pack(5, QUESTIONS, left=True)
+    return head._embed(packed, visual(3, seed=4)), packed.attention_mask
+
+
 def test_generate_stops_rows_independently(head: CausalLMHead) -> None:
     """Rows end at their own stop id; a row that never stops runs to the budget."""
-    tokens = visual(3, seed=4)
     with torch.no_grad():
-        packed = left_padded(head.pack(5, QUESTIONS))
-        embeds = head._embed(packed, tokens)
-        free = decoding.generate(head.model, embeds, packed.attention_mask, 4, set(), 0)
+        embeds, mask = left_padded_prompts(head)
+        free = decoding.generate(head.model, embeds, mask, 4, set(), 0)
         assert [len(r) for r in free] == [4, 4, 4]
         stop = free[1][1]  # make row 1's second token a stop: row 1 ends there, the others go on
-        rows = decoding.generate(head.model, embeds, packed.attention_mask, 4, {stop}, 0)
+        rows = decoding.generate(head.model, embeds, mask, 4, {stop}, 0)
     assert rows[1] == free[1][:1]
     for r, f in zip(rows, free, strict=True):
         assert r == f[: f.index(stop)] if stop in f else r == f
 
 
-def test_left_padded_moves_rows_to_the_right_edge() -> None:
-    packed = pack([[1, 2], [1, 2, 3]], 1, [[4], [4]], None, pad_id=0)
-    left = left_padded(packed)
-    assert packed.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+def test_generate_stops_at_multi_token_stop_strings(head: CausalLMHead) -> None:
+    """A stop string of two tokens ends a row once its text appears (pad ids follow); the criterion is built once."""
+    with torch.no_grad():
+        embeds, mask = left_padded_prompts(head)
+        free = decoding.generate(head.model, embeds, mask, 5, set(), 0)
+        stop = head.tokenizer.decode(free[1][1:3])
+        rows = decoding.generate(head.model, embeds, mask, 5, set(), 0, (stop,), head.tokenizer)
+    for r, f in zip(rows, free, strict=True):
+        end = next((k for k in range(1, len(f) + 1) if stop in head.tokenizer.decode(f[:k])), len(f))
+        assert r == f[:end] + [0] * (len(f) - end)  # a stopped row is padded to the batch's length
+    assert rows[1][3:] == [0, 0]
+    assert decoding.stop_string_criteria(head.tokenizer, (stop,)) is decoding.stop_string_criteria(head.tokenizer, (stop,))
+
+
+def test_pack_left_moves_rows_to_the_right_edge() -> None:
+    right = pack([[1, 2], [1, 2, 3]], 1, [[4], [4]], None, pad_id=0)
+    left = pack([[1, 2], [1, 2, 3]], 1, [[4], [4]], None, pad_id=0, left=True)
+    assert right.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     assert left.attention_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert left.input_ids.tolist() == [[0, 1, 2, 0, 4], [1, 2, 3, 0, 4]]
     assert left.visual_mask.tolist() == [[False, False, False, True, False], [False, False, False, True, False]]
+    assert left.position_ids.tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    assert left.lengths.tolist() == right.lengths.tolist() == [4, 5]
 
 
 # -- label parsing -----------------------------------------------------------

@@ -12,7 +12,7 @@ from emofer.llm import LLM_HEADS, decoding
 from emofer.llm.base import LLMHead
 from emofer.llm.loading import load_causal_lm, load_tokenizer, lora_config
 from emofer.llm.prompts import get_template
-from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, left_padded, pack, pad_ids
+from emofer.llm.sequence import IGNORE_INDEX, PackedBatch, pack, pad_ids
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +208,15 @@ class CausalLMHead(LLMHead):
             self._answer_ids[answer] = ids
         return self._answer_ids[answer]
 
-    def pack(self, num_visual: int, questions: list[str], answers: list[str] | None = None) -> PackedBatch:
-        """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch."""
+    def pack(
+        self, num_visual: int, questions: list[str], answers: list[str] | None = None, left: bool = False
+    ) -> PackedBatch:
+        """Tokenizes prompts (and answers) around ``num_visual`` visual slots into a padded batch (``left``: left padding)."""
         pieces = [self.template.split(q, self.system) for q in questions]
         prefix = self.token_ids([p[0] for p in pieces], special=True)
         suffix = self.token_ids([p[1] for p in pieces])
         answer = None if answers is None else [self.answer_ids(a) for a in answers]
-        return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device)
+        return pack(prefix, num_visual, suffix, answer, self.tok.pad_token_id, self._device, left=left)
 
     # -- read-outs ------------------------------------------------------
     @property
@@ -236,6 +238,15 @@ class CausalLMHead(LLMHead):
         self, tokens: torch.Tensor, questions: list[str], answers: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of every answer token (teacher forcing) and the row each belongs to."""
+        logits, targets, where = self._answer_token_logits(tokens, questions, answers)
+        logprobs = logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(where)[where]
+        return logprobs, rows
+
+    def _answer_token_logits(
+        self, tokens: torch.Tensor, questions: list[str], answers: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits [N,V], targets [N], where [B,L-1])`` of the ``N`` answer tokens (teacher forcing)."""
         self._check(tokens, questions)
         packed = self.pack(tokens.shape[1], questions, answers)
         targets = packed.labels[:, 1:]
@@ -253,10 +264,7 @@ class CausalLMHead(LLMHead):
             packed.position_ids,
             logits_to_keep=keep,
         )
-        picked = logits[where[:, keep]].float().log_softmax(-1)
-        logprobs = picked.gather(1, targets[where][:, None]).squeeze(1)
-        rows = torch.arange(len(questions), device=targets.device)[:, None].expand_as(targets)[where]
-        return logprobs, rows
+        return logits[where[:, keep]], targets[where], where
 
     def answer_logits(self, tokens: torch.Tensor, questions: list[str], answers: list[str]) -> list[torch.Tensor]:
         """The logits ``[A_i,V]`` that predict each answer token of each sample (teacher forcing).
@@ -285,8 +293,8 @@ class CausalLMHead(LLMHead):
         classes: list[str] | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of the batch (prompt and visual slots ignored)."""
-        logprobs, _ = self._answer_token_logprobs(tokens, questions, answers)
-        return -logprobs.mean()
+        logits, targets, _ = self._answer_token_logits(tokens, questions, answers)
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     def _prompt(self, tokens: torch.Tensor, questions: list[str]) -> tuple[PackedBatch, torch.Tensor]:
         self._check(tokens, questions)
@@ -327,7 +335,7 @@ class CausalLMHead(LLMHead):
     def generate(self, tokens: torch.Tensor, questions: list[str], max_new_tokens: int = 8) -> list[str]:
         """Greedy answers (at most ``max_new_tokens`` tokens) by the model's ``generate``, cut at the end marker."""
         self._check(tokens, questions)
-        packed = left_padded(self.pack(tokens.shape[1], questions))
+        packed = self.pack(tokens.shape[1], questions, left=True)
         stop_ids, stop_strings = self.stop_tokens()
         rows = decoding.generate(
             self.model,

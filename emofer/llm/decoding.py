@@ -13,12 +13,15 @@ holds about what a prefill of ``B`` rows holds (the candidates add
 vocabulary-wide rows of logits.
 
 Generation (:func:`generate`) hands left-padded prompt embeddings to the
-model's own ``generate`` (greedy, stop at any stop id or stop string);
-cutting rows at their stop and parsing labels stay with the caller.
+model's own ``generate`` (greedy, stop at any stop id or stop string) with a
+generation config and stop criteria built once and reused; cutting rows at
+their stop and parsing labels stay with the caller.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Any
 
 import torch
@@ -171,7 +174,6 @@ def _last_hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
-@torch.no_grad()
 def generate(
     lm: Any,
     embeds: torch.Tensor,
@@ -182,23 +184,56 @@ def generate(
     stop_strings: tuple[str, ...] = (),
     tokenizer: Any = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each **left-padded** prefix (:func:`~emofer.llm.sequence.left_padded`) by ``lm.generate``.
+    """Greedy continuation of each **left-padded** prefix (:func:`~emofer.llm.sequence.pack` with ``left``) by ``lm.generate``.
 
     A row ends at a stop id (not returned), a stop string (``tokenizer``
     needed; its tokens are returned, the caller cuts the text) or after
-    ``max_new_tokens``.
+    ``max_new_tokens``. The generation config and the stop-string criterion
+    are built once per setting and reused (``generate`` copies the config; the
+    criterion keeps no state between calls), so a call pays neither a new
+    config nor a scan of the tokenizer's vocabulary.
+    """
+    config = greedy_config(max_new_tokens, tuple(sorted(stop_ids)), pad_id)
+    criteria = stop_string_criteria(tokenizer, tuple(stop_strings)) if stop_strings else None
+    out = lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, stopping_criteria=criteria)
+    rows = out.tolist() if out.numel() else [[] for _ in range(len(embeds))]
+    return [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
+
+
+@functools.lru_cache(maxsize=64)
+def greedy_config(max_new_tokens: int, stop_ids: tuple[int, ...], pad_id: int) -> Any:
+    """The ``GenerationConfig`` of greedy decoding up to ``max_new_tokens``, ending a row at any of ``stop_ids``.
+
+    Nothing else is set: no logits processor or warper runs, and the output is
+    the new tokens alone (``return_dict_in_generate`` off).
     """
     from transformers import GenerationConfig
 
-    config = GenerationConfig(
+    return GenerationConfig(
         do_sample=False,
         num_beams=1,
         max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(stop_ids) or None,
+        eos_token_id=list(stop_ids) or None,
         pad_token_id=pad_id,
-        stop_strings=list(stop_strings) or None,
+        return_dict_in_generate=False,
     )
-    extra = {"tokenizer": tokenizer} if stop_strings else {}
-    out = lm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, **extra)
-    rows = out.tolist() if out.numel() else [[] for _ in range(len(embeds))]
-    return [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
+
+
+_STOP_CRITERIA: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def stop_string_criteria(tokenizer: Any, stop_strings: tuple[str, ...]) -> Any:
+    """A ``StoppingCriteriaList`` ending rows at ``stop_strings``, built once per tokenizer and strings.
+
+    transformers' ``StopStringCriteria`` reads and sorts the tokenizer's whole
+    vocabulary when it is built; passing it prebuilt to ``generate`` keeps
+    that out of every call.
+    """
+    if tokenizer is None:
+        raise ValueError(f"generate: stop strings {list(stop_strings)} need the tokenizer")
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    built = _STOP_CRITERIA.setdefault(tokenizer, {})
+    if stop_strings not in built:
+        built[stop_strings] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop_strings))])
+    return built[stop_strings]

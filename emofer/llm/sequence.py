@@ -2,7 +2,7 @@
 
 Each sample is ``prefix ids + M visual slots + suffix ids + answer ids``
 (the visual slots are filled with the fusion's tokens as embeddings). Rows
-are right-padded; the attention mask marks real positions; labels are the
+are right-padded (left-padded for generation); the attention mask marks real positions; labels are the
 answer ids and -100 everywhere else (prompt, visual slots, padding), so the
 loss covers answer tokens only.
 """
@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class PackedBatch:
-    """A right-padded batch of multimodal sequences.
+    """A padded batch of multimodal sequences (right padding unless packed with ``left=True``).
 
     Attributes:
         input_ids: ``[B,L]`` token ids; the pad id at visual slots and padding.
@@ -49,8 +49,9 @@ def pack(
     answer_ids: Sequence[Sequence[int]] | None,
     pad_id: int,
     device: torch.device | str | None = None,
+    left: bool = False,
 ) -> PackedBatch:
-    """Packs per-sample pieces into a :class:`PackedBatch` (right padding).
+    """Packs per-sample pieces into a :class:`PackedBatch` (right padding, or left padding with ``left``).
 
     Args:
         prefix_ids: ids before the visual tokens (with the BOS token, if any).
@@ -59,59 +60,37 @@ def pack(
         answer_ids: the answer's ids (labelled), or None for a prompt alone.
         pad_id: id written at visual slots and padding.
         device: where the tensors go.
+        left: pad on the left instead, every row ending at the right edge (as ``generate`` wants a prompt).
     """
     if len(prefix_ids) != len(suffix_ids) or (answer_ids is not None and len(answer_ids) != len(prefix_ids)):
         raise ValueError("prefix, suffix and answer id lists must have one entry per sample")
     answers = answer_ids if answer_ids is not None else [[] for _ in prefix_ids]
-    lengths = [
-        len(p) + num_visual + len(s) + len(a) for p, s, a in zip(prefix_ids, suffix_ids, answers, strict=True)
-    ]
-    batch, width = len(lengths), max(lengths, default=0)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-    visual_mask = torch.zeros((batch, width), dtype=torch.bool)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, (pre, suf, ans) in enumerate(zip(prefix_ids, suffix_ids, answers, strict=True)):
-        start = len(pre) + num_visual
-        input_ids[i, : len(pre)] = torch.tensor(pre, dtype=torch.long)
-        visual_mask[i, len(pre) : start] = True
-        input_ids[i, start : start + len(suf)] = torch.tensor(suf, dtype=torch.long)
-        end = start + len(suf) + len(ans)
-        input_ids[i, start + len(suf) : end] = torch.tensor(ans, dtype=torch.long)
-        labels[i, start + len(suf) : end] = torch.tensor(ans, dtype=torch.long)
-        attention_mask[i, :end] = 1
+    # one Python list per row, one tensor per batch: a tensor op per piece costs more than the pieces
+    rows = [[*p, *([pad_id] * num_visual), *s, *a] for p, s, a in zip(prefix_ids, suffix_ids, answers, strict=True)]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = max((len(r) for r in rows), default=0)
+    gaps = [[pad_id] * (width - len(r)) for r in rows]
+    input_ids = torch.tensor([g + r if left else r + g for r, g in zip(rows, gaps, strict=True)], dtype=torch.long)
+    input_ids = input_ids.view(len(rows), width)
+    first = (width - lengths if left else torch.zeros_like(lengths))[:, None]
+    visual = first + torch.tensor([len(p) for p in prefix_ids], dtype=torch.long)[:, None]
+    answer = first + lengths[:, None] - torch.tensor([len(a) for a in answers], dtype=torch.long)[:, None]
+    pos = torch.arange(width)[None]
+    real = (pos >= first) & (pos < first + lengths[:, None])
     return PackedBatch(
         input_ids=input_ids.to(device),
-        visual_mask=visual_mask.to(device),
-        attention_mask=attention_mask.to(device),
-        labels=labels.to(device),
-        lengths=torch.tensor(lengths, dtype=torch.long, device=device),
+        visual_mask=((pos >= visual) & (pos < visual + num_visual)).to(device),
+        attention_mask=real.long().to(device),
+        labels=input_ids.masked_fill(~(real & (pos >= answer)), IGNORE_INDEX).to(device),
+        lengths=lengths.to(device),
     )
-
 
 def pad_ids(
     rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads id lists to ``(ids [N,K], mask [N,K])``."""
     width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    ids = torch.tensor([[*r, *([pad_id] * (width - len(r)))] for r in rows], dtype=torch.long).view(len(rows), width)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
     return ids.to(device), mask.to(device)
-
-
-def left_padded(packed: PackedBatch) -> PackedBatch:
-    """The same batch with every row moved to the right edge (left padding, as ``generate`` wants it)."""
-    width = packed.attention_mask.shape[1]
-    shift = (width - packed.lengths)[:, None]
-    index = (torch.arange(width, device=packed.lengths.device)[None] - shift) % width
-    rows = torch.arange(len(packed.lengths), device=packed.lengths.device)[:, None]
-    return PackedBatch(
-        input_ids=packed.input_ids[rows, index],
-        visual_mask=packed.visual_mask[rows, index],
-        attention_mask=packed.attention_mask[rows, index],
-        labels=packed.labels[rows, index],
-        lengths=packed.lengths,
-    )
