@@ -412,3 +412,51 @@ def test_a_grid_over_seeds_is_summarised_as_mean_and_std(tmp_path):
     # one seed per variant (or none varied): no summary
     single = run_grid(Grid.load({**raw, "grid": {"train.lr": [0.1]}}), tmp_path / "one", runner=seeded_metrics)
     assert summary_rows(single) == [] and not (tmp_path / "one" / "summary.csv").exists()
+
+
+def test_a_seeded_demo_records_its_spread_and_a_one_seed_demo_reads_it(tmp_path):
+    import yaml
+
+    from emofer.demo import grid_hash, measured_spread, run_demo, spread_file
+
+    grid = tmp_path / "mini.yaml"
+    grid.write_text(yaml.safe_dump({"name": "mini", "base": BASE, "runs": [{"id": "a"}, {"id": "b", "overrides": {
+        "train.lr": 0.2}}]}))
+    assert measured_spread(grid) is None
+    result = run_demo(tmp_path / "seeded", grid, seeds=[0, 1, 2], runner=seeded_metrics)
+    assert [r.id for r in result.results] == [f"{v}+seed={s}" for v in "ab" for s in range(3)]
+    record = json.loads((tmp_path / "seeded" / "seeds.json").read_text())
+    assert record["seeds"] == [0, 1, 2] and record["grid_hash"] == grid_hash(grid)
+    rows = {r["run"]: r for r in record["summary"]}
+    assert rows["a"]["uar_mean"] == pytest.approx(0.29) and rows["b"]["seeds"] == 2  # seed 2 of lr 0.2 fails
+    spread_file(grid).write_text(json.dumps(record))  # what a developer ships next to the grid
+    assert measured_spread(grid)["current"] is True
+    grid.write_text(grid.read_text() + "jobs: 2\n")  # the grid changed since: the record says so
+    assert measured_spread(grid)["current"] is False
+    grid.write_text(grid.read_text().replace("jobs: 2\n", "") + "# a comment changes nothing\n")
+    assert measured_spread(grid)["current"] is True
+
+
+def test_the_demo_command_prints_the_recorded_spread_beside_a_one_seed_table(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import emofer.demo
+    from emofer.cli import main
+    from emofer.demo import run_demo, spread_file
+
+    grid = tmp_path / "mini.yaml"
+    grid.write_text(yaml.safe_dump({"name": "mini", "base": BASE, "runs": [{"id": "a"}]}))
+    real = run_demo
+    monkeypatch.setattr(emofer.demo, "run_demo", lambda *a, **k: real(*a, **k, runner=seeded_metrics))
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["demo", "--grid", str(grid), "--out", str(tmp_path / "one")]) == 0
+    assert "no measured seed spread" in " ".join(capsys.readouterr().out.split())
+    assert main(["demo", "--grid", str(grid), "--out", str(tmp_path / "seeded"), "--seeds", "0", "1", "2"]) == 0
+    assert "0.2900 ± 0.0100" in capsys.readouterr().out
+    spread_file(grid).write_text((tmp_path / "seeded" / "seeds.json").read_text())
+    assert main(["demo", "--grid", str(grid), "--out", str(tmp_path / "one"), ]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "over seeds 0, 1, 2" in text and "0.2900 ± 0.0100" in text and "has changed" not in text
+    grid.write_text(grid.read_text() + "jobs: 1\n")
+    assert main(["demo", "--grid", str(grid), "--out", str(tmp_path / "one")]) == 0
+    assert "has changed since" in " ".join(capsys.readouterr().out.split())

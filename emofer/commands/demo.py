@@ -16,12 +16,17 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     parser.add_argument("--grid", help="another grid file to run instead of the quickstart")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="run every variant once per seed, print mean ± std and write OUT/seeds.json (the record a "
+        "one-seed demo prints beside its table when it lies next to the grid as <grid>.seeds.json)",
+    )
     add_run_options(parser, "variants", "the grid's jobs:")
 
 
 def run(args: argparse.Namespace) -> int:
     from emofer.commands._console import console, print_run_result, results_table, summary_table
-    from emofer.demo import QUICKSTART, SEED_SPREAD, run_demo
+    from emofer.demo import QUICKSTART, SEED_SPREAD, measured_spread, run_demo
     from emofer.report import rows, summary_rows
 
     con = console()
@@ -47,11 +52,28 @@ def run(args: argparse.Namespace) -> int:
         on_run_start=announce,
         on_run_end=finished,
         jobs=args.jobs,
+        seeds=args.seeds,
     )
+    grid = args.grid or QUICKSTART
     con.print(results_table(rows(result.results), title="quickstart on SynthFER (test split)"))
     summary = summary_rows(result.results)
+    spread = None if summary else measured_spread(grid)
     if summary:
         con.print(summary_table(summary, title="mean ± std over seeds"))
+        if args.seeds:
+            con.print(f"seed record: {result.out / 'seeds.json'}")
+    elif spread:
+        seeds = ", ".join(str(s) for s in spread["seeds"])
+        con.print(summary_table(spread["summary"], title=(
+            f"the spread to read it against: this grid over seeds {seeds} "
+            f"(measured {spread['date']}, commit {spread['commit']}, {spread['machine']})")))
+        con.print(
+            "One seed per variant above: a difference between variants smaller than the std beside it "
+            "ranks nothing. The same seed repeats its numbers on one machine, not across machines "
+            "(docs/quickstart.md)."
+        )
+        if not spread["current"]:
+            con.print("[yellow]the grid has changed since that spread was measured: it may not hold[/]")
     else:
         con.print(SEED_SPREAD)
     out = result.out
