@@ -361,10 +361,10 @@ def test_the_shipped_quickstart_grid_resolves():
     from emofer.demo import QUICKSTART
 
     grid = Grid.load(QUICKSTART)
-    assert [r.id for r in grid.runs] == ["emo-llama-tiny", "no-fim", "no-agr", "classifier-tiny", "video"]
+    assert [r.id for r in grid.runs] == ["emo-llama-tiny", "no-fim", "no-agr", "from-base", "classifier-tiny", "video"]
     assert {r.id: r.init_from for r in grid.runs}["video"] == "emo-llama-tiny"  # fine-tuned from the image model
-    # the LLM variants start from stage 0's base model, as EMO-LLaMA starts from LLaMA-VID
-    assert {r.id for r in grid.runs if r.from_base} == {"emo-llama-tiny", "no-fim", "no-agr"}
+    # from-base starts from stage 0's base model, as EMO-LLaMA starts from LLaMA-VID (the ablations: from scratch)
+    assert {r.id for r in grid.runs if r.from_base} == {"from-base"}
     configs = {r.id: r.config() for r in grid.runs}
     assert configs["video"].data.num_frames == 4 and configs["emo-llama-tiny"].data.num_frames == 1
     assert configs["classifier-tiny"].eval.mode == "classifier"
