@@ -9,9 +9,11 @@
    age/gender/race labels (the stand-in for the pretrained FaceXFormer); both
    stages train at once and are cached under ``$EMOFER_CACHE``, so later
    demos reuse them;
-2. stage 2 fine-tunes the LLM variants from the base — the default
-   ``emo-llama-tiny`` and its ablations ``-no-fim`` and ``-no-agr`` —, trains
-   the ``classifier-tiny`` baseline and the default on videos, with the prior
+2. stage 2 instruction-tunes the default ``emo-llama-tiny`` and its
+   ablations ``no-fim`` and ``no-agr`` (from scratch: in miniature the base
+   slows them down, docs/quickstart.md), ``from-base`` (the default started
+   from the stage-0 base, as EMO-LLaMA starts from LLaMA-VID), the
+   ``classifier-tiny`` baseline and the default on videos, with the prior
    frozen and its features cached, and tests each once.
 
 Everything lands in one folder: ``results.csv`` / ``results.md`` /

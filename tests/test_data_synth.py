@@ -241,3 +241,17 @@ def test_cached_faces_are_transformed_once_and_give_the_same_tensors():
     for _ in range(2):
         fresh(plain[0])
     assert sum(calls.values()) == 4
+
+
+def test_the_kept_transformed_frames_stop_at_the_memory_budget(monkeypatch):
+    import emofer.data.pipeline as pipeline
+    from emofer.encoders import ENCODERS
+
+    encoder = ENCODERS.build({"name": "cnn-tiny", "image_size": 16, "width": 8, "num_blocks": 2})
+    one = 3 * 16 * 16 * 4  # bytes of one transformed frame
+    monkeypatch.setattr(pipeline, "MEMO_BYTES", 3 * one)
+    processor = SampleProcessor((encoder.transform(False), None))
+    faces = pipeline.ItemDataset(SynthFER("val", size=6, cache=True), processor)
+    first = [faces[i]["pixels"] for i in range(6)]
+    assert len(processor._memo) == 3  # the budget: three frames kept, the others transformed each time
+    assert all(torch.equal(a, faces[i]["pixels"]) for i, a in enumerate(first))

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         "not the expression (gender, age, ethnicity, head turn and tilt)\n"
         "stage 1: a tiny FaceXFormer learns SynthFER's landmarks and age/gender/race\n"
         "         (stages 0 and 1 run at once and are cached after the first demo)\n"
-        "stage 2: EMO-LLaMA variants are fine-tuned from the base and tested once on SynthFER's test split"
+        "stage 2: EMO-LLaMA and its ablations are instruction-tuned (from scratch, and once from the base: "
+        "from-base) and tested once on SynthFER's test split"
     )
 
     def announce(spec, index, total):

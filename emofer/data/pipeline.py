@@ -32,6 +32,10 @@ Box = tuple[int, int, int, int]
 
 ATTRIBUTES = ("age", "gender", "race")
 
+MEMO_BYTES = 2 << 30
+"""At most this many bytes of transformed frames are kept per :class:`SampleProcessor` (SynthFER's
+7,000 training faces at 32 px take 86 MB per transform); frames beyond it are transformed every time."""
+
 
 def crop_bounds(box: Sequence[float], size: tuple[int, int], margin: float = 0.5) -> Box:
     """``(left, top, right, bottom)`` of an ``(x, y, w, h)`` box grown by ``margin`` (FaceXFormer's 50%)."""
@@ -82,6 +86,7 @@ class SampleProcessor:
         self.face_margin = face_margin
         self.face_fallbacks = 0
         self._memo: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._memo_bytes = 0
 
     def _transform(self, which: str, tf: Transform, frame: Image.Image, key: tuple[Any, ...] | None) -> torch.Tensor:
         """``tf(frame)``; with a ``key`` and a transform split into ``fixed``/``random`` parts
@@ -93,7 +98,10 @@ class SampleProcessor:
         memo_key = (which, *key)
         out = self._memo.get(memo_key)
         if out is None:
-            out = self._memo[memo_key] = fixed(frame)
+            out = fixed(frame)
+            if self._memo_bytes < MEMO_BYTES:
+                self._memo[memo_key] = out
+                self._memo_bytes += out.numel() * out.element_size()
         random = getattr(tf, "random", None)
         return out if random is None else random(out)
 
