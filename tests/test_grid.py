@@ -460,3 +460,22 @@ def test_the_demo_command_prints_the_recorded_spread_beside_a_one_seed_table(tmp
     grid.write_text(grid.read_text() + "jobs: 1\n")
     assert main(["demo", "--grid", str(grid), "--out", str(tmp_path / "one")]) == 0
     assert "has changed since" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_shipped_quickstart_spread_was_measured_on_the_shipped_grid():
+    from emofer.demo import QUICKSTART, measured_spread
+
+    record = measured_spread(QUICKSTART)
+    assert record is not None, "emofer/configs/grids/quickstart.seeds.json is missing: run `emofer demo --seeds 0 1 2`"
+    assert record["current"], (
+        "quickstart.yaml changed since its seed spread was measured: re-run `emofer demo --seeds 0 1 2` and copy "
+        "OUT/seeds.json to emofer/configs/grids/quickstart.seeds.json (and update docs/quickstart.md)"
+    )
+    ids = [r.id for r in Grid.load(QUICKSTART).runs]
+    assert [row["run"] for row in record["summary"]] == ids and all(row["seeds"] == 3 for row in record["summary"])
+    # docs/quickstart.md shows this very record
+    from emofer.report import summary_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
+    for line in summary_markdown(record["summary"]).splitlines()[2:]:
+        assert line in doc, f"docs/quickstart.md does not show the recorded spread: {line}"
