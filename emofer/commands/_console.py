@@ -54,17 +54,17 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     return table
 
 
-def summary_table(summary: Sequence[Mapping[str, Any]], title: str) -> Table:
-    """One row per seed group: mean ± std over the seeds (the rows of ``summary.csv``)."""
+def summary_table(summary: Sequence[Mapping[str, Any]], title: str, keys: Sequence[str] = SCALARS) -> Table:
+    """One row per seed group: mean ± std over the seeds of ``keys`` (the rows of ``summary.csv``)."""
     table = Table(title=title)
     table.add_column("run")
     table.add_column("seeds / folds", justify="right")
-    for key in SCALARS:
+    for key in keys:
         table.add_column(LABELS[key], justify="right")
     from emofer.report import mean_std
 
     for row in summary:
-        cells = [mean_std(row, key) for key in SCALARS]
+        cells = [mean_std(row, key) for key in keys]
         table.add_row(row["run"], f"{row['seeds']}/{row['runs']}", *cells)
     return table
 
