@@ -60,7 +60,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]], title: str, keys: Sequen
     table.add_column("run")
     table.add_column("seeds / folds", justify="right")
     for key in keys:
-        table.add_column(LABELS[key], justify="right")
+        table.add_column(LABELS[key], justify="right", no_wrap=True)
     from emofer.report import mean_std
 
     for row in summary:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"seed record: {result.out / 'seeds.json'}")
     elif spread:
         seeds = ", ".join(str(s) for s in spread["seeds"])
-        con.print(summary_table(spread["summary"], keys=("uar", "war", "macro_f1"), title=(
+        con.print(summary_table(spread["summary"], keys=("uar", "war"), title=(
             f"the spread to read it against: this grid over seeds {seeds} "
             f"(measured {spread['date']}, commit {spread['commit']}, {spread['machine']})")))
         con.print(
