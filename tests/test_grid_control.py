@@ -158,3 +158,12 @@ def test_rerun_flags_reach_the_runs_from_the_command(tmp_path, capsys):
     assert main(["grid", str(grid_file), "--out", str(out), "--only", "a", "--rerun", "a"]) == 0
     assert read_status(out / "runs" / "a")["seconds"] != started["seconds"]
     assert "│ b " in capsys.readouterr().out  # the table shows the run that did not run
+
+
+def test_dry_run_says_which_runs_start_from_the_base_model_it_would_pretrain(tmp_path):
+    from emofer.demo import QUICKSTART
+
+    rows = {r["run"]: r for r in plan_grid(Grid.load(QUICKSTART), tmp_path)}
+    assert rows["from-base"]["differences"]["train.init_from"].startswith("base-model (stage 0")
+    assert rows["emo-llama-tiny"]["differences"]["train.init_from"] is None
+    assert all(r["error"] is None for r in rows.values())

@@ -138,6 +138,10 @@ def plan_grid(
         cfgs.append((row, cfg))
     for (row, _), diff in zip(cfgs, differences([c for _, c in cfgs]), strict=True):
         row["differences"] = diff
+    from_base = {spec.id for spec in grid.runs if spec.from_base}
+    for row, _ in cfgs:  # its base model does not exist before the grid pretrains it
+        if row["run"] in from_base:
+            row["differences"]["train.init_from"] = "base-model (stage 0, pretrained first; init_missing=keep)"
     selected = [(row, cfg) for row, cfg in cfgs if only is None or row["run"] in only]
     for row, cfg in selected:
         try:
