@@ -137,13 +137,13 @@ def run_demo(
 
     out = Path(out)
     start = time.perf_counter()
-    spec: Any = grid
-    if seeds:
+    parsed = Grid.load(grid)
+    if seeds:  # the same grid with a seed axis (its relative paths still from its folder)
         raw = OmegaConf.to_container(OmegaConf.load(Path(grid)), resolve=True)
         raw["grid"] = {**(raw.get("grid") or {}), "seed": [int(s) for s in seeds]}
-        spec = raw
+        parsed = Grid.load(raw, root=Path(grid).parent)
     results = run_grid(
-        Grid.load(spec),
+        parsed,
         out,
         retry_failed=retry_failed,
         on_run_start=on_run_start,

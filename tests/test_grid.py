@@ -414,14 +414,17 @@ def test_a_grid_over_seeds_is_summarised_as_mean_and_std(tmp_path):
     assert summary_rows(single) == [] and not (tmp_path / "one" / "summary.csv").exists()
 
 
-def test_a_seeded_demo_records_its_spread_and_a_one_seed_demo_reads_it(tmp_path):
+def test_a_seeded_demo_records_its_spread_and_a_one_seed_demo_reads_it(tmp_path, monkeypatch):
     import yaml
 
     from emofer.demo import grid_hash, measured_spread, run_demo, spread_file
 
     grid = tmp_path / "mini.yaml"
-    grid.write_text(yaml.safe_dump({"name": "mini", "base": BASE, "runs": [{"id": "a"}, {"id": "b", "overrides": {
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))  # a path relative to the grid's folder
+    grid.write_text(yaml.safe_dump({"name": "mini", "base": "base.yaml", "runs": [{"id": "a"}, {"id": "b", "overrides": {
         "train.lr": 0.2}}]}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert measured_spread(grid) is None
     result = run_demo(tmp_path / "seeded", grid, seeds=[0, 1, 2], runner=seeded_metrics)
     assert [r.id for r in result.results] == [f"{v}+seed={s}" for v in "ab" for s in range(3)]

@@ -61,12 +61,16 @@ class Grid:
     launcher: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
 
     @classmethod
-    def load(cls, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Grid:
-        """Reads a grid YAML file (or an already-parsed mapping) and expands it."""
+    def load(cls, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any], root: Path | None = None) -> Grid:
+        """Reads a grid YAML file (or an already-parsed mapping) and expands it.
+
+        ``root``: the folder a mapping's relative config paths resolve from (a file's: its folder).
+        """
         if isinstance(path_or_mapping, Mapping):
             raw = dict(path_or_mapping)
             jobs = _jobs(raw)
-            return cls(str(raw.get("name", "grid")), expand(raw), _pretrain(raw), jobs, launcher_section(raw))
+            runs = expand(raw, root=root)
+            return cls(str(raw.get("name", "grid")), runs, _pretrain(raw), jobs, launcher_section(raw))
         path = Path(path_or_mapping)
         if not path.exists():
             raise ConfigError(f"grid file {str(path)!r} does not exist")
