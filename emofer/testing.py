@@ -219,23 +219,37 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def write_tiny_bert_tokenizer(path: str | os.PathLike[str]) -> Path:
-    """Trains a lower-casing WordPiece on :func:`tiny_corpus` and saves it as a BERT tokenizer folder."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """Builds a lower-casing WordPiece vocabulary from :func:`tiny_corpus` and saves it as a BERT tokenizer folder.
+
+    The vocabulary is built here, not by ``tokenizers``' ``WordPieceTrainer``,
+    whose ties between equally frequent merges fall differently in every
+    process (the same corpus gave three different vocabularies): the special
+    tokens, every character and its ``##`` continuation, then the corpus's
+    words by falling count (ties alphabetical) up to ``TINY_BERT_VOCAB_SIZE``.
+    The same corpus always gives the same file.
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=TINY_BERT_VOCAB_SIZE, special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    split = pre_tokenizers.BertPreTokenizer()
+    words = Counter(
+        word for text in tiny_corpus() for word, _ in split.pre_tokenize_str(normalizer.normalize_str(text))
     )
-    tok.train_from_iterator(tiny_corpus(), trainer)
+    chars = sorted({c for word in words for c in word})
+    vocab = list(BERT_SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= TINY_BERT_VOCAB_SIZE:
+            break
+        if word not in vocab:
+            vocab.append(word)
     path = Path(path)
-    BertTokenizerFast(vocab=tok.get_vocab(), do_lower_case=True).save_pretrained(path)
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
     return path
 
 
-@functools.cache
 def tiny_bert_tokenizer_dir() -> Path:
     """The directory of the cached tiny BERT tokenizer, created on first use (atomically, as :func:`tiny_llm_dir`)."""
     digest = hashlib.sha256(
