@@ -136,6 +136,10 @@ def test_classify_scores_equal_naive_and_counts_invalid_answers(tmp_path):
     assert speedup["target"] is None  # the 3x target is set at --size small, where it can be met
     assert len(speedup["detail"]["ratios"]) == 2  # one ratio per batch (32 samples, batch 16)
     assert all(r["target"] is None for n, r in records.items() if "accuracy" in n or "invalid" in n)
+    # generate (transformers) against the hand loop it replaced: same greedy answers, timed side by side
+    loop = records["generate vs hand loop: time ratio (read-out only)"]
+    assert loop["target"] == "<= 1.0" and len(loop["detail"]["ratios"]) == 2
+    assert loop["detail"]["same_answers"] == 1.0
 
 
 def test_memory_compares_score_with_generate_at_equal_batch(tmp_path):
