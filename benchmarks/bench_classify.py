@@ -123,8 +123,16 @@ def hand_loop(llm: Any, tokens: torch.Tensor, questions: list[str], max_new_toke
     Right-padded prefixes run once into a ``DynamicCache`` (logits kept at each row's end), then one
     token a step for every row until all rows have hit a stop id or ``max_new_tokens``; multi-token
     stop strings are not handled (it never did), the template's ``clean`` cuts them from the text.
+    Every forward pass names the cache by the keyword the model's signature takes, as the old
+    ``decoding.forward`` did (the shim the issue asked to delete: an ``inspect.signature`` a pass).
     """
+    import inspect
+
     from transformers import DynamicCache
+
+    def forward(**kwargs: Any) -> Any:
+        keyword = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        return lm(**{keyword: kwargs.pop("cache")}, use_cache=True, **kwargs)
 
     lm = llm.model
     packed = llm.pack(tokens.shape[1], questions)
@@ -133,8 +141,8 @@ def hand_loop(llm: Any, tokens: torch.Tensor, questions: list[str], max_new_toke
     cache = DynamicCache(config=lm.config)
     keep, where = torch.unique(lengths - 1, return_inverse=True)
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True,
-             logits_to_keep=keep)
+    out = forward(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache,
+                  logits_to_keep=keep)
     last = out.logits[torch.arange(len(lengths)), where].float()
     stop_ids, _ = llm.stop_tokens()
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long)
@@ -148,8 +156,8 @@ def hand_loop(llm: Any, tokens: torch.Tensor, questions: list[str], max_new_toke
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_embeds = lm.get_input_embeddings()(token[:, None])
-        out = lm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=(lengths + step)[:, None], cache=cache,
-                 use_cache=True)
+        out = forward(inputs_embeds=step_embeds, attention_mask=mask, position_ids=(lengths + step)[:, None],
+                      cache=cache, logits_to_keep=0)
         last = out.logits[:, -1].float()
     rows = torch.stack(generated, dim=1).tolist()
     rows = [row[: next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
