@@ -165,7 +165,7 @@ def hand_loop(llm: Any, tokens: torch.Tensor, questions: list[str], max_new_toke
 
 
 def run_modes(model: Any, batches: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
-    """Times the three read-outs batch by batch; returns seconds, predictions and the score/naive gap."""
+    """Times the read-outs batch by batch; returns seconds, predictions, the score/naive gap and the generate/loop agreement."""
     from emofer.llm.parsing import parse_label
 
     llm = model.llm
